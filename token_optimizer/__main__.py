@@ -1,0 +1,3 @@
+from token_optimizer.cli import main
+
+raise SystemExit(main())
