@@ -1,0 +1,151 @@
+"""Typed, host-neutral events the core consumes and results it returns.
+
+Host adapters (:mod:`token_optimizer.hosts`) translate their hook calls into
+these; the core never sees a host-specific payload. The TS-shaped dict API in
+:mod:`token_optimizer.runtime` is itself a thin translation onto them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from token_optimizer.models import Message
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who an event belongs to.
+
+    ``session_id`` is the storage identity (``sessionId ?? sessionKey``);
+    ``session_key`` is the host's stable routing key (used to address
+    next-turn injections and to detect id rotation).
+    """
+
+    session_id: str | None
+    session_key: str | None = None
+    agent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnPrepare:
+    ident: Identity
+    prompt: str
+    is_user_turn: bool = True
+    job_id: str | None = None
+    messages: Sequence[Message] | None = None
+    """Conversation so far when the host supplies it (fed to the ledger)."""
+    cwd: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token usage of one model call."""
+
+    ident: Identity
+    model: str | None = None
+    input_tokens: int = 0
+    """Fresh (uncached) input."""
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    prompt_tokens: int | None = None
+    """Full prompt size when the host reports it (else input + cache read + write)."""
+    context_budget: int | None = None
+    """Host-supplied context window; overrides the model table."""
+    request_id: str | None = None
+    timestamp_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class MessageSeen:
+    ident: Identity
+    message: Message
+
+
+ToolConcept = Literal["read", "write", "fanout", "other"]
+
+
+@dataclass(frozen=True)
+class ToolBefore:
+    ident: Identity
+    tool_name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ToolAfter:
+    ident: Identity
+    tool_name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CompactionBefore:
+    ident: Identity
+    messages: Sequence[Message] | None = None
+    message_count: int | None = None
+
+
+@dataclass(frozen=True)
+class CompactionAfter:
+    ident: Identity
+    previous_session_id: str | None = None
+    compacted_count: int | None = None
+    message_count: Any = None
+    """Raw host value: only a real number becomes the ``msg:`` discriminator."""
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    ident: Identity
+    reason: str | None = None
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class EnqueueInjection:
+    """Ask the host to inject ``text`` into the session's next turn."""
+
+    session_key: str
+    session_id: str
+    text: str
+    idempotency_key: str
+    placement: Literal["prepend_context", "append_context"] = "prepend_context"
+
+    def to_action(self) -> dict[str, Any]:
+        return {
+            "type": "enqueue_next_turn_injection",
+            "sessionKey": self.session_key,
+            "sessionId": self.session_id,
+            "text": self.text,
+            "idempotencyKey": self.idempotency_key,
+            "placement": self.placement,
+        }
+
+
+@dataclass(frozen=True)
+class LogLine:
+    level: Literal["debug", "info", "warn", "error"]
+    message: str
+
+    def to_action(self) -> dict[str, Any]:
+        return {"type": "log", "level": self.level, "message": self.message}
+
+
+Action = EnqueueInjection | LogLine
+
+
+@dataclass
+class HookOutcome:
+    """What a hook produced: the TS-shaped return value and host-side actions."""
+
+    result: dict[str, Any] | None = None
+    actions: list[Action] = field(default_factory=list)
+
+    def actions_json(self) -> list[dict[str, Any]]:
+        return [a.to_action() for a in self.actions]
