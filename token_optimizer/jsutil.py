@@ -106,7 +106,7 @@ def now_ms() -> int:
 
 def iso_from_ms(ms: float) -> str:
     """``new Date(ms).toISOString()``: UTC, millisecond precision, ``Z``."""
-    ms_i = int(math.floor(ms))
+    ms_i = math.floor(ms)
     dt = datetime.fromtimestamp(ms_i // 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms_i % 1000:03d}Z"
 
