@@ -1,0 +1,862 @@
+"""The host-neutral core: one entry point per hook.
+
+Adapters call the typed entries (:meth:`TokenOptimizer.turn_prepare`,
+:meth:`TokenOptimizer.tool_before`, ...) with events from
+:mod:`token_optimizer.events`, or hand a TypeScript-shaped ``(event, ctx)``
+pair to :meth:`TokenOptimizer.handle`, which translates it. Every entry
+returns a :class:`~token_optimizer.events.HookOutcome` and never raises.
+
+Host-side effects (inject text into the next turn, write a log line through
+the host's logger) come back as actions for the adapter to perform.
+
+Per-session figures come from the event-fed :class:`~token_optimizer.ledger.Ledger`;
+a turn never re-parses a whole transcript.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from token_optimizer import bounded
+from token_optimizer.bounded import BoundedMap, BoundedSet
+from token_optimizer.checkpoints import CheckpointStore
+from token_optimizer.config import Config
+from token_optimizer.continuity import Continuity
+from token_optimizer.events import (
+    Action,
+    CompactionAfter,
+    CompactionBefore,
+    EnqueueInjection,
+    HookOutcome,
+    Identity,
+    LogLine,
+    MessageSeen,
+    SessionEnd,
+    ToolAfter,
+    ToolBefore,
+    TurnPrepare,
+    Usage,
+)
+from token_optimizer.fsutil import StatePaths, resolve_paths
+from token_optimizer.jsutil import js_number, js_trim, to_fixed
+from token_optimizer.ledger import Ledger, LedgerSnapshot
+from token_optimizer.models import Message
+from token_optimizer.policy import CheckpointPolicy, Decision, PolicySettings, Snapshot
+from token_optimizer.quality import build_fresh_session_nudge, fresh_session_savings_estimate
+from token_optimizer.read_cache import ReadCache
+from token_optimizer.session_index import SessionIndex
+from token_optimizer.telemetry import Telemetry
+from token_optimizer.token_estimate import estimate_tokens_from_bytes
+from token_optimizer.tools import file_args, tool_concept
+
+log = logging.getLogger("token_optimizer")
+
+PREFIX = "[token-optimizer] "
+RESTORE_CREDIT_CAP = 200_000
+CLEANUP_MAX_AGE_DAYS = 7
+TELEMETRY_MAX_AGE_DAYS = 90
+TRANSCRIPT_RECHECK_S = 60.0
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+           "error": logging.ERROR}
+
+
+@dataclass
+class _EventContext:
+    """What a checkpoint capture needs about the session at one moment."""
+
+    session_id: str
+    fill_pct: float
+    quality_score: float
+    context_window: int
+    model: str
+    event_kind: str
+    tool_name: str | None = None
+
+
+@dataclass
+class PendingRestore:
+    """A post-compaction restore handed to the host but not yet known delivered."""
+
+    session_id: str
+    idempotency_key: str
+    text: str
+    credit: int
+    fallback: bool = False
+    """True once the host said it did not queue it: deliver on the next user turn."""
+
+
+@dataclass
+class _Collector:
+    actions: list[Action] = field(default_factory=list)
+
+
+class TokenOptimizer:
+    """The plugin runtime. One instance per gateway process."""
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        config: Config | None = None,
+        settings: PolicySettings | None = None,
+        cwd: str | None = None,
+        active_work: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.paths: StatePaths = resolve_paths(home)
+        self.config = config if config is not None else Config.from_env()
+        self.settings = settings if settings is not None else PolicySettings.from_env()
+        self.cwd = cwd
+        self._clock = clock
+        self.policy = CheckpointPolicy(self.paths, self.settings)
+        self.store = CheckpointStore(self.paths, self.policy)
+        self.ledger = Ledger()
+        self.read_cache = ReadCache(self.paths, cwd=self._cwd)
+        self.telemetry = Telemetry(self.paths)
+        self.continuity = Continuity(self.paths, log_savings=self.telemetry.log_savings_event)
+        self.index = SessionIndex(self.paths, active_work=active_work,
+                                  pending_restore=self.has_pending_restore)
+        # Per-session collections (runtime.md §1.5), all bounded.
+        self.continuity_injected: BoundedSet[str] = BoundedSet("continuity_injected")
+        self.nudge_fired: BoundedSet[str] = BoundedSet("fresh_nudge_fired")
+        self.prior_scores: BoundedMap[str, float] = BoundedMap("fresh_nudge_prior_scores")
+        self.compaction_counter: BoundedMap[str, int] = BoundedMap("compaction_counter")
+        self.pending_restores: BoundedMap[str, PendingRestore] = BoundedMap("pending_restores")
+        self.accepted_restores: BoundedSet[str] = BoundedSet("accepted_restore_keys")
+        self.compaction_read_tokens: BoundedMap[str, int] = BoundedMap("compaction_read_tokens")
+        self.transcript_source: BoundedMap[str, tuple[Path | None, float]] = BoundedMap(
+            "transcript_source")
+        self._tls = threading.local()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _cwd(self) -> str:
+        return self.cwd or os.getcwd()
+
+    @contextlib.contextmanager
+    def _collect(self) -> Iterator[_Collector]:
+        prev = getattr(self._tls, "collector", None)
+        col = _Collector()
+        self._tls.collector = col
+        try:
+            yield col
+        finally:
+            self._tls.collector = prev
+
+    def _log(self, level: str, message: str) -> None:
+        text = PREFIX + message
+        log.log(_LEVELS.get(level, logging.INFO), text)
+        col: _Collector | None = getattr(self._tls, "collector", None)
+        if col is not None and level != "debug":
+            col.actions.append(LogLine(level, text))  # type: ignore[arg-type]
+
+    def _run(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> HookOutcome:
+        """Run one hook body: collect actions, never raise."""
+        with self._collect() as col:
+            try:
+                result = fn()
+            except Exception as exc:  # the host must never see an exception
+                log.debug("hook %s failed", name, exc_info=True)
+                self._log("error", f"{name} handler error: {type(exc).__name__}: {exc}")
+                result = None
+            try:
+                self._maybe_prune()
+            except Exception:
+                log.debug("prune check failed", exc_info=True)
+            return HookOutcome(result=result, actions=list(col.actions))
+
+    def _maybe_prune(self) -> None:
+        removed = self.index.maybe_prune(self.config.session_store_max_age_days)
+        if removed:
+            self._log("info", f"session index pruned {removed} entries older than "
+                              f"{self.config.session_store_max_age_days} days")
+
+    # ------------------------------------------------------------ snapshots
+
+    def _transcript_for(self, session_id: str, agent_id: str | None) -> Path | None:
+        """A legacy ``agents/<agent>/sessions/<id>.jsonl`` transcript, if any (cached)."""
+        now = self._clock()
+        cached = self.transcript_source.get(session_id)
+        if cached is not None and (cached[0] is not None or now - cached[1] < TRANSCRIPT_RECHECK_S):
+            return cached[0]
+        found = _find_legacy_transcript(self.paths.openclaw_dir, agent_id, session_id)
+        self.transcript_source.set(session_id, (found, now))
+        return found
+
+    def _ledger_snapshot(self, session_id: str, agent_id: str | None) -> LedgerSnapshot | None:
+        if not self.ledger.has(session_id):
+            path = self._transcript_for(session_id, agent_id)
+            if path is not None:
+                agent = agent_id or path.parent.parent.name
+                self.ledger.ingest_transcript(session_id, path, agent)
+        else:
+            cached = self.transcript_source.get(session_id)
+            if cached is not None and cached[0] is not None:
+                agent = agent_id or cached[0].parent.parent.name
+                self.ledger.ingest_transcript(session_id, cached[0], agent)
+        return self.ledger.snapshot(session_id)
+
+    def _event_context(self, session_id: str, agent_id: str | None, event_kind: str,
+                       tool_name: str | None = None) -> _EventContext | None:
+        snap = self._ledger_snapshot(session_id, agent_id)
+        if snap is None:
+            return None
+        if snap.run.tokens.input == 0 and snap.fill_pct == 0:
+            self._log("debug", f"session {session_id} has no token usage yet; quality uses "
+                               "the empty-context default")
+        return _EventContext(session_id, snap.fill_pct, snap.quality_score, snap.context_window,
+                             snap.model, event_kind, tool_name)
+
+    def _capture_decision(self, decision: Decision | None, ctx: _EventContext | None) -> None:
+        if decision is None or ctx is None:
+            return
+        fill = decision.fill_pct if decision.fill_pct is not None else ctx.fill_pct
+        quality = decision.quality_score if decision.quality_score is not None else ctx.quality_score
+        messages = self.ledger.recent_messages(ctx.session_id)
+        res = self.store.capture(
+            ctx.session_id, messages, trigger=decision.trigger, fill_pct=fill,
+            quality_score=quality, tool_name=ctx.tool_name, event_kind=ctx.event_kind,
+            model=ctx.model or None,
+        )
+        if res is not None:
+            self._log("info", f"checkpoint saved ({decision.trigger}): {res.path}")
+
+    def _evaluate(self, session_id: str, agent_id: str | None, event_kind: str,
+                  precomputed: _EventContext | None = None) -> None:
+        """Runtime snapshot evaluation, gated by the evaluation cooldown (§1.8)."""
+        if not self.policy.should_evaluate(session_id):
+            return
+        ctx = precomputed or self._event_context(session_id, agent_id, event_kind)
+        if ctx is None:
+            return
+        self.policy.mark_evaluated(session_id)
+        decision = self.policy.decide_snapshot(
+            session_id, Snapshot(ctx.fill_pct, ctx.quality_score, ctx.context_window))
+        self._capture_decision(decision, ctx)
+
+    # ------------------------------------------------------------ typed hooks
+
+    def gateway_start(self) -> HookOutcome:
+        def body() -> None:
+            self._log("info", "gateway started; token optimizer ready")
+            n = self.store.cleanup(CLEANUP_MAX_AGE_DAYS)
+            if n > 0:
+                self._log("info", f"removed {n} checkpoint files older than "
+                                  f"{CLEANUP_MAX_AGE_DAYS} days")
+            d = self.telemetry.prune_old_events(TELEMETRY_MAX_AGE_DAYS)
+            if d > 0:
+                self._log("info", f"pruned {d} compression telemetry events older than "
+                                  f"{TELEMETRY_MAX_AGE_DAYS} days")
+        return self._run("gateway_start", body)
+
+    def gateway_stop(self) -> HookOutcome:
+        def body() -> None:
+            self.index.flush()
+        return self._run("gateway_stop", body)
+
+    def session_start(self, ident: Identity) -> HookOutcome:
+        """A session exists; nothing is written until its first real message."""
+        def body() -> None:
+            key = ident.session_key or ident.session_id
+            if key and ident.session_id:
+                self.index.note_session(key, ident.session_id, platform=ident.agent_id)
+        return self._run("session_start", body)
+
+    def usage(self, ev: Usage) -> HookOutcome:
+        def body() -> None:
+            sid = ev.ident.session_id
+            if sid and not self._transcript_fed(sid):
+                self.ledger.on_usage(ev)
+        return self._run("usage", body)
+
+    def message(self, ev: MessageSeen) -> HookOutcome:
+        def body() -> None:
+            sid = ev.ident.session_id
+            if sid and not self._transcript_fed(sid):
+                self.ledger.on_message(sid, ev.message)
+        return self._run("message", body)
+
+    def history(self, ident: Identity, messages: Sequence[Message]) -> HookOutcome:
+        """The host's view of the whole conversation so far (replays are idempotent)."""
+        def body() -> None:
+            sid = ident.session_id
+            if sid and messages and not self._transcript_fed(sid):
+                self.ledger.on_messages(sid, messages)
+        return self._run("history", body)
+
+    def _transcript_fed(self, session_id: str) -> bool:
+        cached = self.transcript_source.get(session_id)
+        return cached is not None and cached[0] is not None
+
+    def turn_prepare(self, ev: TurnPrepare) -> HookOutcome:
+        return self._run("agent_turn_prepare", lambda: self._turn_prepare(ev))
+
+    def _turn_prepare(self, ev: TurnPrepare) -> dict[str, Any] | None:
+        ident = ev.ident
+        sid = ident.session_id
+        prompt = js_trim(ev.prompt) if isinstance(ev.prompt, str) else ""
+        if not sid:
+            self._log("warn", "agent_turn_prepare without sessionId/sessionKey; "
+                              "prompt contributions skipped")
+            return None
+        if ev.messages and not self._transcript_fed(sid):
+            self.ledger.on_messages(sid, ev.messages)
+        if not prompt:
+            return None
+        is_user = ev.is_user_turn and not ev.job_id
+        if not is_user:
+            self._log("debug", f"non-user turn skipped: {sid}")
+            return None
+        key = ident.session_key or sid
+        self.index.touch(key, sid, platform=ident.agent_id, real_message=True)
+        contributions: list[str] = []
+
+        pending = self.pending_restores.get(key)
+        if pending is not None and pending.fallback:
+            self.pending_restores.pop(key)
+            contributions.append(pending.text)
+            self._credit_restore(pending)
+            self._log("info", f"checkpoint restore delivered with the turn (host did not "
+                              f"queue it): {sid}")
+
+        if sid not in self.continuity_injected:
+            self.continuity_injected.add(sid)
+            try:
+                self._continuity(sid, prompt, ev.cwd or self._cwd(), contributions)
+            except Exception as exc:
+                self._log("warn", f"cross-session continuity error: {exc}")
+
+        if sid not in self.nudge_fired:
+            try:
+                self._nudge(sid, ident.agent_id, contributions)
+            except Exception as exc:
+                self._log("warn", f"fresh-session nudge error: {exc}")
+
+        try:
+            self._evaluate(sid, ident.agent_id, "agent-turn-prepare")
+        except Exception as exc:
+            # Unlike the reference, a failed evaluation does not discard the contributions.
+            self._log("warn", f"runtime checkpoint evaluation error: {exc}")
+
+        if contributions:
+            return {"prependContext": "\n\n".join(contributions)}
+        return None
+
+    def _continuity(self, sid: str, prompt: str, cwd: str, out: list[str]) -> None:
+        res = self.continuity.first_turn(prompt, sid, cwd)
+        if res.kind == "resume-lean" and res.text:
+            out.append(res.text)
+            self._log("info", f"cold-resume block added: {sid}")
+        elif res.kind == "suppressed":
+            self._log("info", f"resume intent but no checkpoint from this project: {sid}; "
+                              "cross-project hint suppressed")
+        elif res.kind == "continuity" and res.text:
+            out.append(res.text)
+            if res.hinted_paths:
+                try:
+                    self.read_cache.record_hint_serve(sid, res.hinted_paths)
+                except Exception:
+                    log.debug("hint serve record failed", exc_info=True)
+            score = to_fixed(res.score, 2) if res.score is not None else "?"
+            self._log("info", f"cross-session continuity added: {sid} score={score} "
+                              f"source={res.source}")
+        else:
+            self._log("info", f"no prior checkpoint matched: {sid} "
+                              f"threshold={js_number(self.continuity.relevance_threshold)}")
+
+    def _nudge(self, sid: str, agent_id: str | None, out: list[str]) -> None:
+        ctx = self._event_context(sid, agent_id, "agent-turn-prepare")
+        if ctx is None:
+            return
+        has_prior = sid in self.prior_scores
+        msg = build_fresh_session_nudge(ctx.quality_score, ctx.fill_pct, has_prior, ctx.model,
+                                        ctx.context_window)
+        self.prior_scores.set(sid, ctx.quality_score)
+        if not msg:
+            return
+        self.nudge_fired.add(sid)
+        saved, _window = fresh_session_savings_estimate(ctx.fill_pct, ctx.model, ctx.context_window)
+        score = js_number(ctx.quality_score)
+        fill = to_fixed(ctx.fill_pct, 1)
+        self.telemetry.log_savings_event("fresh_session_nudge", saved, sid,
+                                         f"score={score} fill_pct={fill}")
+        self.telemetry.log_compression_event(
+            "fresh_session_nudge", sid, f"score={score} fill_pct={fill} est_saved={saved}",
+            verified=False)
+        out.append(msg)
+        self._log("info", f"fresh-session nudge added: {sid} score={score} fill={fill}%")
+
+    def tool_before(self, ev: ToolBefore) -> HookOutcome:
+        return self._run("before_tool_call", lambda: self._tool_before(ev))
+
+    def _tool_before(self, ev: ToolBefore) -> dict[str, Any] | None:
+        if not ev.tool_name:
+            return None
+        concept = tool_concept(ev.tool_name)
+        sid = ev.ident.session_id
+        if concept == "read":
+            fa = file_args(ev.params)
+            msg = self.read_cache.before_read(fa.file_path, fa.offset, fa.limit,
+                                              ev.ident.agent_id or "unknown", sid or "unknown")
+            if msg:
+                return {"block": True, "blockReason": msg}
+        elif concept == "fanout" and sid:
+            decision = self.policy.decide_pre_fanout(sid)
+            if decision is not None:
+                ctx = self._event_context(sid, ev.ident.agent_id, "tool-before", ev.tool_name)
+                self._capture_decision(decision, ctx)
+        return None
+
+    def tool_after(self, ev: ToolAfter) -> HookOutcome:
+        return self._run("after_tool_call", lambda: self._tool_after(ev))
+
+    def _tool_after(self, ev: ToolAfter) -> None:
+        if not ev.tool_name:
+            return
+        sid = ev.ident.session_id
+        concept = tool_concept(ev.tool_name)
+        fa = file_args(ev.params)
+        if concept == "write":
+            self.read_cache.after_write(fa.file_path, ev.ident.agent_id or "unknown",
+                                        sid or "unknown")
+        if not sid:
+            return
+        if not self._transcript_fed(sid):
+            self.ledger.on_tool(sid, ev.tool_name)
+        milestone: _EventContext | None = None
+        if concept == "write":
+            self.policy.register_write_event(sid, fa.file_path)
+            decision = self.policy.decide_edit_batch(sid)
+            if decision is not None:
+                milestone = self._event_context(sid, ev.ident.agent_id, "tool-after", ev.tool_name)
+                self._capture_decision(decision, milestone)
+        self._evaluate(sid, ev.ident.agent_id, "tool-after", milestone)
+
+    def compaction_before(self, ev: CompactionBefore) -> HookOutcome:
+        return self._run("before_compaction", lambda: self._compaction_before(ev))
+
+    def _compaction_before(self, ev: CompactionBefore) -> None:
+        sid = ev.ident.session_id
+        if not sid:
+            self._log("warn", "before_compaction without a session identity")
+            return
+        messages: Sequence[Message] | None = ev.messages
+        if not messages:
+            # The real host's manual path sends no messages: use what the ledger saw.
+            messages = self.ledger.recent_messages(sid)
+        res = self.store.capture(sid, messages, trigger="compact", event_kind="compact-before")
+        if res is not None:
+            self._log("info", f"checkpoint saved: {res.path}")
+        agent = ev.ident.agent_id or "default"
+        # Remember the active-read credit before the cache is cleared (fixes the
+        # reference's clear-before-credit ordering).
+        active = self.read_cache.active_read_tokens(agent, sid)
+        if active > 0:
+            self.compaction_read_tokens.set(sid, active)
+        self.read_cache.clear_cache(agent, sid)
+
+    def compaction_after(self, ev: CompactionAfter) -> HookOutcome:
+        return self._run("after_compaction", lambda: self._compaction_after(ev))
+
+    def _compaction_after(self, ev: CompactionAfter) -> None:
+        sid = ev.ident.session_id
+        key = ev.ident.session_key
+        if not sid or not key:
+            self._log("warn", "after_compaction without sessionId/sessionKey; restore skipped")
+            return
+        text = self.store.restore(sid)
+        prev = ev.previous_session_id
+        if text is None and prev and prev != sid:
+            # The host rotated the id at compaction: the checkpoint is under the old one.
+            text = self.store.restore(prev)
+        if text is None:
+            return
+        prev_id = prev if prev is not None else sid
+        count = ev.compacted_count if ev.compacted_count is not None else 0
+        mc = ev.message_count
+        if isinstance(mc, (int, float)) and not isinstance(mc, bool):
+            disc = f"msg:{js_number(mc)}"
+        else:
+            seq = self.compaction_counter.update_with(key, lambda old: (old or 0) + 1)
+            disc = f"seq:{seq}"
+        idem = f"checkpoint-restore:{key}:{prev_id}:{js_number(count)}:{disc}"
+        floor = estimate_tokens_from_bytes(len(text.encode("utf-8")))
+        active = self.compaction_read_tokens.pop(sid) or 0
+        with contextlib.suppress(Exception):
+            active = max(active, self.read_cache.active_read_tokens(
+                ev.ident.agent_id or "default", sid))
+        credit = min(RESTORE_CREDIT_CAP, max(floor, active))
+        existing = self.pending_restores.get(key)
+        if existing is not None and existing.idempotency_key == idem:
+            self._log("info", f"checkpoint restore already pending: {sid}")
+            return
+        self.pending_restores.set(key, PendingRestore(sid, idem, text, credit))
+        col: _Collector | None = getattr(self._tls, "collector", None)
+        if col is not None:
+            col.actions.append(EnqueueInjection(key, sid, text, idem))
+
+    def enqueue_result(self, session_key: str, idempotency_key: str, enqueued: bool) -> None:
+        """The host's answer to an :class:`EnqueueInjection`. Never raises."""
+        try:
+            pending = self.pending_restores.get(session_key)
+            if pending is None or pending.idempotency_key != idempotency_key:
+                return
+            if enqueued:
+                self.pending_restores.pop(session_key)
+                self.accepted_restores.add(idempotency_key)
+                self._credit_restore(pending)
+                self._log("info", f"checkpoint restore queued: {pending.session_id}")
+            elif idempotency_key in self.accepted_restores:
+                # A retry of a compaction the host already queued: nothing to do.
+                self.pending_restores.pop(session_key)
+                self._log("info", f"checkpoint restore already queued: {pending.session_id}")
+            else:
+                pending.fallback = True
+                self._log("info", f"host did not queue the checkpoint restore; it will be "
+                                  f"delivered with the next turn: {pending.session_id}")
+        except Exception:
+            log.debug("enqueue_result failed", exc_info=True)
+
+    def has_pending_restore(self, session_key: str) -> bool:
+        return session_key in self.pending_restores
+
+    def _credit_restore(self, pending: PendingRestore) -> None:
+        if pending.credit > 0:
+            try:
+                self.telemetry.log_savings_event("checkpoint_restore", pending.credit,
+                                                 pending.session_id, "queued after compact")
+            except Exception:
+                log.debug("restore credit failed", exc_info=True)
+
+    def session_end(self, ev: SessionEnd) -> HookOutcome:
+        return self._run("session_end", lambda: self._session_end(ev))
+
+    def _session_end(self, ev: SessionEnd) -> None:
+        sid = ev.ident.session_id
+        key = ev.ident.session_key if ev.ident.session_key is not None else sid
+        try:
+            if sid:
+                self._evaluate(sid, ev.ident.agent_id, "session-end")
+        except Exception:
+            log.debug("final snapshot failed", exc_info=True)
+        finally:
+            if sid:
+                self.release(sid, key)
+            try:
+                self.store.cleanup(CLEANUP_MAX_AGE_DAYS)
+            except Exception:
+                log.debug("cleanup failed", exc_info=True)
+
+    def release(self, session_id: str, session_key: str | None = None) -> None:
+        """Drop a session from every per-session collection (disk state stays)."""
+        key = session_key or session_id
+        self.policy.clear_state(session_id)
+        self.continuity_injected.discard(session_id)
+        self.nudge_fired.discard(session_id)
+        self.prior_scores.discard(session_id)
+        self.compaction_counter.discard(key)
+        self.pending_restores.discard(key)
+        self.compaction_read_tokens.discard(session_id)
+        self.transcript_source.discard(session_id)
+        self.ledger.release(session_id)
+        self.read_cache.release(session_id)
+        with contextlib.suppress(Exception):
+            self.index.flush()
+
+    # ------------------------------------------------------------ introspection
+
+    def collections(self) -> dict[str, bounded._Bounded]:
+        """Every per-session collection the runtime owns (for bounds checks)."""
+        colls: dict[str, bounded._Bounded] = {
+            "policy_states": self.policy.states,
+            "continuity_injected": self.continuity_injected,
+            "fresh_nudge_fired": self.nudge_fired,
+            "fresh_nudge_prior_scores": self.prior_scores,
+            "compaction_counter": self.compaction_counter,
+            "pending_restores": self.pending_restores,
+            "accepted_restore_keys": self.accepted_restores,
+            "compaction_read_tokens": self.compaction_read_tokens,
+            "transcript_source": self.transcript_source,
+        }
+        for owner in (self.ledger, self.read_cache):
+            extra = getattr(owner, "collections", None)
+            if callable(extra):
+                colls.update(extra())
+        return colls
+
+    def tracked_counts(self) -> dict[str, int]:
+        return {name: len(c) for name, c in self.collections().items()}
+
+    def status(self, session_id: str) -> dict[str, Any]:
+        """Fill, quality, checkpoints and evictions for one session."""
+        out: dict[str, Any] = {"sessionId": session_id}
+        try:
+            snap = self.ledger.snapshot(session_id)
+            out["fillPct"] = None if snap is None else round(snap.fill_pct, 1)
+            out["qualityScore"] = None if snap is None else snap.quality_score
+            out["contextWindow"] = None if snap is None else snap.context_window
+            out["model"] = None if snap is None else snap.model
+            files = self.policy.checkpoint_files(session_id)
+            out["checkpoints"] = [{"trigger": f.trigger, "path": str(f.path)} for f in files]
+            st = self.policy.get_state(session_id)
+            out["capturedFillBands"] = sorted(st.captured_fill_bands)
+            out["capturedQualityThresholds"] = sorted(st.captured_quality_thresholds)
+            out["capturedMilestones"] = sorted(st.captured_milestones)
+            colls = self.collections()
+            out["evictions"] = {n: c.evictions for n, c in colls.items()}
+            out["tracked"] = {n: len(c) for n, c in colls.items()}
+        except Exception as exc:
+            out["error"] = str(exc)
+        return out
+
+    # ------------------------------------------------------------ TS-shaped API
+
+    def handle(self, hook: str, event: Mapping[str, Any] | None,
+               ctx: Mapping[str, Any] | None) -> HookOutcome:
+        """Run a hook with the reference's ``(event, ctx)`` shapes. Never raises."""
+        try:
+            ev = event if isinstance(event, Mapping) else {}
+            cx = ctx if isinstance(ctx, Mapping) else {}
+            fn = _TS_HOOKS.get(hook)
+            if fn is None:
+                return HookOutcome()
+            return fn(self, ev, cx)
+        except Exception as exc:
+            log.debug("handle(%s) failed", hook, exc_info=True)
+            return HookOutcome(actions=[LogLine("error", f"{PREFIX}{hook} handler error: {exc}")])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.index.close()
+
+
+# ---------------------------------------------------------------- TS translation
+
+
+def _str(v: object) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def identity_from_ctx(ctx: Mapping[str, Any], event: Mapping[str, Any] | None = None) -> Identity:
+    """``sessionId ?? sessionKey`` (nullish, like the reference); empty stays empty."""
+    sid = ctx.get("sessionId")
+    key = ctx.get("sessionKey")
+    if event is not None:
+        if sid is None:
+            sid = event.get("sessionId")
+        if key is None:
+            key = event.get("sessionKey")
+    sid_s = _str(sid)
+    key_s = _str(key)
+    return Identity(session_id=sid_s if sid_s is not None else key_s, session_key=key_s,
+                    agent_id=_str(ctx.get("agentId")))
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, Mapping) and block.get("type") == "text":
+                t = block.get("text")
+                if isinstance(t, str) and t:
+                    parts.append(t)
+            elif isinstance(block, str) and block:
+                parts.append(block)
+        return "\n".join(parts)
+    return ""
+
+
+def messages_from_payload(raw: object) -> list[Message] | None:
+    """Host message arrays → :class:`Message` (unknown shapes are skipped)."""
+    if not isinstance(raw, list):
+        return None
+    out: list[Message] = []
+    for m in raw:
+        if not isinstance(m, Mapping):
+            continue
+        role = m.get("role")
+        inner = m.get("message")
+        if not isinstance(role, str) and isinstance(inner, Mapping):
+            role = inner.get("role")
+            m = inner
+        if not isinstance(role, str):
+            continue
+        ts = m.get("timestamp")
+        out.append(Message(role, _content_text(m.get("content")),
+                           ts if isinstance(ts, str) else None))
+    return out
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return 0
+    return int(v)
+
+
+def usage_from_payload(event: Mapping[str, Any], ident: Identity) -> Usage | None:
+    u = event.get("usage")
+    if not isinstance(u, Mapping):
+        return None
+    budget = event.get("contextTokenBudget")
+    return Usage(
+        ident=ident,
+        model=_str(event.get("model")),
+        input_tokens=_int(u.get("input", u.get("input_tokens", u.get("inputTokens")))),
+        output_tokens=_int(u.get("output", u.get("output_tokens", u.get("outputTokens")))),
+        cache_read_tokens=_int(u.get("cacheRead", u.get("cache_read_input_tokens"))),
+        cache_write_tokens=_int(u.get("cacheWrite", u.get("cache_creation_input_tokens"))),
+        context_budget=_int(budget) or None,
+    )
+
+
+def _ts_gateway_start(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    return rt.gateway_start()
+
+
+def _ts_gateway_stop(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    return rt.gateway_stop()
+
+
+def _ts_session_start(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    return rt.session_start(identity_from_ctx(cx, ev))
+
+
+def _ts_before_agent_start(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    agent = _str(cx.get("agentId")) or "unknown"
+    return HookOutcome(actions=[LogLine("info", f"{PREFIX}agent bootstrapped: {agent}")])
+
+
+def _ts_turn_prepare(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    ident = identity_from_ctx(cx)
+    prompt = ev.get("prompt")
+    queued = ev.get("queuedInjections")
+    key = ident.session_key or ident.session_id
+    if key and isinstance(queued, list):
+        pending = rt.pending_restores.get(key)
+        if pending is not None and any(_queued_matches(q, pending) for q in queued):
+            # The host delivered our restore itself: never deliver it twice.
+            rt.enqueue_result(key, pending.idempotency_key, True)
+    return rt.turn_prepare(TurnPrepare(
+        ident=ident,
+        prompt=prompt if isinstance(prompt, str) else "",
+        is_user_turn=cx.get("trigger") == "user",
+        job_id=str(cx["jobId"]) if cx.get("jobId") else None,
+        messages=messages_from_payload(ev.get("messages")),
+        cwd=_str(cx.get("workspaceDir")),
+    ))
+
+
+def _queued_matches(q: object, pending: PendingRestore) -> bool:
+    if isinstance(q, Mapping):
+        return q.get("idempotencyKey") == pending.idempotency_key or q.get("text") == pending.text
+    return isinstance(q, str) and q == pending.text
+
+
+def _ts_before_tool(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    name = _str(ev.get("toolName")) or _str(cx.get("toolName")) or ""
+    params = ev.get("params")
+    return rt.tool_before(ToolBefore(identity_from_ctx(cx), name,
+                                     dict(params) if isinstance(params, Mapping) else {}))
+
+
+def _ts_after_tool(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    name = _str(ev.get("toolName")) or _str(cx.get("toolName")) or ""
+    params = ev.get("params")
+    err = ev.get("error")
+    return rt.tool_after(ToolAfter(identity_from_ctx(cx), name,
+                                   dict(params) if isinstance(params, Mapping) else {},
+                                   str(err) if err else None))
+
+
+def _ts_before_compaction(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    mc = ev.get("messageCount")
+    return rt.compaction_before(CompactionBefore(
+        identity_from_ctx(cx), messages_from_payload(ev.get("messages")),
+        mc if isinstance(mc, int) and not isinstance(mc, bool) else None))
+
+
+def _ts_after_compaction(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    cc = ev.get("compactedCount")
+    return rt.compaction_after(CompactionAfter(
+        identity_from_ctx(cx),
+        previous_session_id=_str(ev.get("previousSessionId")),
+        compacted_count=cc if isinstance(cc, (int, float)) and not isinstance(cc, bool) else None,
+        message_count=ev.get("messageCount"),
+    ))
+
+
+def _ts_session_end(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    return rt.session_end(SessionEnd(identity_from_ctx(cx, ev), _str(ev.get("reason"))))
+
+
+def _ts_llm_output(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    ident = identity_from_ctx(cx, ev)
+    usage = usage_from_payload(ev, ident)
+    if usage is None:
+        return HookOutcome()
+    return rt.usage(usage)
+
+
+def _ts_agent_end(rt: TokenOptimizer, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
+    msgs = messages_from_payload(ev.get("messages"))
+    if not msgs:
+        return HookOutcome()
+    return rt.history(identity_from_ctx(cx, ev), msgs)
+
+
+_TsHook = Callable[[TokenOptimizer, Mapping[str, Any], Mapping[str, Any]], HookOutcome]
+
+_TS_HOOKS: dict[str, _TsHook] = {
+    "gateway_start": _ts_gateway_start,
+    "gateway_stop": _ts_gateway_stop,
+    "session_start": _ts_session_start,
+    "before_agent_start": _ts_before_agent_start,
+    "agent_turn_prepare": _ts_turn_prepare,
+    "before_tool_call": _ts_before_tool,
+    "after_tool_call": _ts_after_tool,
+    "before_compaction": _ts_before_compaction,
+    "after_compaction": _ts_after_compaction,
+    "session_end": _ts_session_end,
+    "llm_output": _ts_llm_output,
+    "model_call_ended": _ts_llm_output,
+    "agent_end": _ts_agent_end,
+}
+
+TS_HOOK_NAMES: tuple[str, ...] = tuple(_TS_HOOKS)
+
+
+def _find_legacy_transcript(openclaw_dir: Path, agent_id: str | None, session_id: str) -> Path | None:
+    """``<oc>/agents/<agent>/sessions/<id>.jsonl`` (ids must be plain file names)."""
+    if not session_id or "/" in session_id or "\\" in session_id or session_id in (".", ".."):
+        return None
+    if "\0" in session_id:
+        return None
+    agents = openclaw_dir / "agents"
+    name = f"{session_id}.jsonl"
+    if agent_id and "/" not in agent_id and agent_id not in (".", ".."):
+        p = agents / agent_id / "sessions" / name
+        if p.is_file():
+            return p
+    try:
+        entries = sorted(os.scandir(agents), key=lambda e: e.name)
+    except OSError:
+        return None
+    for e in entries:
+        with contextlib.suppress(OSError):
+            if e.is_dir(follow_symlinks=False):
+                p = Path(e.path) / "sessions" / name
+                if p.is_file():
+                    return p
+    return None
