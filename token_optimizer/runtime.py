@@ -568,10 +568,14 @@ class TokenOptimizer:
         self.pending_restores.discard(key)
         self.compaction_read_tokens.discard(session_id)
         self.transcript_source.discard(session_id)
+        prefix = f"checkpoint-restore:{key}:"
+        for idem in self.accepted_restores.keys():
+            if idem.startswith(prefix):
+                self.accepted_restores.discard(idem)
         self.ledger.release(session_id)
         self.read_cache.release(session_id)
         with contextlib.suppress(Exception):
-            self.index.flush()
+            self.index.end_session(key)
 
     # ------------------------------------------------------------ introspection
 
@@ -587,6 +591,7 @@ class TokenOptimizer:
             "accepted_restore_keys": self.accepted_restores,
             "compaction_read_tokens": self.compaction_read_tokens,
             "transcript_source": self.transcript_source,
+            "session_index_pending": self.index._pending,
         }
         for owner in (self.ledger, self.read_cache):
             extra = getattr(owner, "collections", None)
