@@ -23,7 +23,7 @@ from token_optimizer.checkpoints import (
 )
 from token_optimizer.fsutil import StatePaths
 from token_optimizer.models import Message
-from token_optimizer.policy import CheckpointPolicy
+from token_optimizer.policy import CheckpointPolicy, PolicySettings
 
 T0 = 1795255711922  # 2026-11-21T10:08:31.922Z
 T0_ISO = "2026-11-21T10:08:31.922Z"
@@ -68,7 +68,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def policy(paths: StatePaths) -> CheckpointPolicy:
-    return CheckpointPolicy(paths)
+    return CheckpointPolicy(paths, PolicySettings(durable=False))
 
 
 @pytest.fixture
@@ -389,6 +389,20 @@ def test_register_capture_called_with_sanitised_id_and_defined_keys(store: Check
     assert spy.calls == [("register", "a_b", "progressive-20", {"sessionId": "a_b", "fillPct": 21.0, "model": "m"})]
 
 
+def test_telemetry_row_per_new_artifact_not_on_dedup(paths: StatePaths, clock: Clock) -> None:
+    store = CheckpointStore(paths, CheckpointPolicy(paths, PolicySettings(telemetry=True, durable=False)), clock=clock)
+    store.capture("sess:1/é", None, trigger="compact", event_kind="compact-before")
+    store.capture("sess:1/é", None, trigger="compact", event_kind="compact-before")  # dedup: no row
+    store.capture("abc-123", [Message("user", "hi there")], trigger="milestone-edit-batch", fill_pct=70.3125,
+                  quality_score=33, tool_name="Edit", event_kind="tool-after", model="gpt-4o")
+    rows = [json.loads(x) for x in (paths.checkpoints / "checkpoint-events.jsonl").read_text().splitlines()]
+    assert [list(r) for r in rows] == [
+        ["timestamp", "platform", "sessionId", "trigger", "eventKind"],
+        ["timestamp", "platform", "sessionId", "trigger", "fillPct", "qualityScore", "toolName", "eventKind", "model"],
+    ]
+    assert rows[0]["sessionId"] == "sess_1__" and rows[1]["fillPct"] == 70.3125 and rows[1]["model"] == "gpt-4o"
+
+
 def test_same_millisecond_same_trigger_overwrites(store: CheckpointStore, paths: StatePaths) -> None:
     a = store.capture("abc", [Message("user", "first")])
     b = store.capture("abc", [Message("user", "second")])
@@ -546,6 +560,17 @@ def test_hostile_session_ids_stay_inside_root(store: CheckpointStore, paths: Sta
     assert fsutil.is_within(paths.checkpoints.resolve(), r.path) and r.path.parent.parent == paths.checkpoints.resolve()
     assert store.restore(sid) == r.path.read_text("utf-8")
     assert outside() == outside_before
+
+
+def test_long_session_id_capped_consistently(store: CheckpointStore, paths: StatePaths) -> None:
+    sid = "x" * 5000
+    capped = fsutil.sanitize_checkpoint_id(sid)
+    assert len(capped) == 200 and capped != "x" * 200
+    r = store.capture(sid, None)
+    assert r is not None and r.path.parent.name == capped
+    assert f"> Session: {capped}\n" in r.path.read_text("utf-8")
+    assert manifest_rows(paths, capped)[0]["semanticDigest"] == semantic_digest(sid)
+    assert semantic_digest(sid) == hashlib.sha256("|".join([capped, "compact", *[""] * 10, EMPTY_SHA]).encode()).hexdigest()
 
 
 def test_symlinked_session_dir_refused(store: CheckpointStore, paths: StatePaths, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
