@@ -644,13 +644,14 @@ def test_capture_accepts_odd_content_and_roles(store: CheckpointStore) -> None:
         Message(None, "no role"),  # type: ignore[arg-type]
         {"role": "user", "content": "from a mapping", "timestamp": 5},
         Message("user", "lone \ud800 surrogate"),
+        Message("\udc00", "lone surrogate role"),
     ]
     r = store.capture("odd", msgs)
     assert r is not None and r.version == 2
     text = r.path.read_text("utf-8")
     assert "always block text\nraw" in text and '{"k":"é"}' in text and "\n42\n" in text
     assert "### User\n\nfrom a mapping\n" in text and "lone \ufffd surrogate" in text
-    assert text.count("### Assistant") == 4
+    assert text.count("### Assistant") == 5
 
 
 def test_capture_never_raises_when_policy_fails(paths: StatePaths, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:

@@ -224,7 +224,7 @@ def _normalise_messages(messages: Iterable[object] | None) -> list[_Msg]:
             content = getattr(m, "content", None)
             ts = getattr(m, "timestamp", None)
         out.append(_Msg(
-            role=role if isinstance(role, str) else ("" if role is None else str(role)),
+            role=_well_formed(role if isinstance(role, str) else ("" if role is None else str(role))),
             content=_coerce_text(content),
             timestamp=_well_formed(ts) if isinstance(ts, str) else None,
         ))
