@@ -1,0 +1,673 @@
+"""Read cache: spot redundant file reads, serve diffs for changed files (runtime.md §6).
+
+For every read-tool call the runtime asks :meth:`ReadCache.before_read`
+whether the read should go ahead. The cache remembers, per agent and
+session, which files were read with which offset/limit and the file's mtime
+at that moment (``read-cache/<agent>-<session>.json``):
+
+* first read of a file -> allowed and remembered;
+* the same file and range again with an unchanged mtime -> a *redundant*
+  read: logged as ``warn`` (default), or blocked with a structural digest of
+  the file in ``block`` mode;
+* the file changed (mtime) or the range differs -> allowed, entry refreshed;
+  except that with the v5 ``delta_read`` feature a changed file re-read in
+  full is answered with a line diff against the content seen last time
+  (blocked, in every mode);
+* paths matching ``.contextignore`` are always blocked; binary files are
+  never looked at.
+
+Writes through the agent's own write tools invalidate the file
+(:meth:`after_write`); compaction drops the session's cache
+(:meth:`clear_cache`). Every decision is appended to
+``read-cache/decisions/<session>.jsonl``.
+
+Continuity hints record which paths they surfaced
+(:meth:`record_hint_serve`); the first read of such a path within four hours
+credits a ``hint_followed`` savings event.
+
+Nothing here raises into the host: on any error the read is allowed and the
+problem is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cachetools import LRUCache
+
+from token_optimizer.bounded import BoundedMap
+from token_optimizer.delta_diff import compute_delta
+from token_optimizer.fsutil import (
+    StatePaths,
+    append_no_follow,
+    atomic_write,
+    ensure_dir,
+    read_text_no_follow,
+    sanitize_removing,
+)
+from token_optimizer.jsutil import dumps_compact, js_number, js_trim, loads, now_ms
+from token_optimizer.telemetry import Telemetry, js_truthy
+from token_optimizer.token_estimate import estimate_tokens_from_bytes
+
+log = logging.getLogger("token_optimizer.read_cache")
+
+MAX_CACHE_ENTRIES = 500
+MAX_CONTEXTIGNORE_PATTERNS = 200
+DELTA_CACHE_MAX_BYTES = 51_200
+DELTA_CACHE_MAX_ENTRIES = 100
+MTIME_TOLERANCE_S = 0.001
+ACTIVE_READ_MAX_FILES = 25
+ACTIVE_READ_MIN_COUNT = 2
+ACTIVE_READ_TOKEN_CAP = 200_000
+HINT_FOLLOW_MAX_AGE_S = 4 * 60 * 60
+HINT_FOLLOW_TOKEN_CREDIT = 5_000
+HINT_SERVE_MAX_PATHS = 25
+DIGEST_MAX_ITEMS = 50
+DIGEST_MAX_LINES = 10_000
+DIGEST_FAILURE = "(unable to generate digest)"
+MAX_REMEMBERED_AGENTS = 16
+"""Agent prefixes remembered per session so compaction can clear them all."""
+
+BINARY_EXTENSIONS = frozenset({
+    ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ico", ".webp", ".svg",
+    ".pdf", ".wasm", ".zip", ".tar", ".gz", ".bz2", ".7z", ".rar",
+    ".exe", ".dll", ".so", ".dylib", ".o", ".a",
+    ".mp3", ".mp4", ".wav", ".avi", ".mov", ".mkv",
+    ".ttf", ".otf", ".woff", ".woff2", ".eot",
+    ".pyc", ".pyo", ".class", ".jar",
+    ".sqlite", ".db", ".sqlite3",
+})
+_JS_EXTENSIONS = frozenset({".js", ".ts", ".jsx", ".tsx", ".mjs", ".cjs"})
+
+ENV_ENABLED = "TOKEN_OPTIMIZER_READ_CACHE"
+ENV_MODE = "TOKEN_OPTIMIZER_READ_CACHE_MODE"
+
+PREFIX = "[Token Optimizer] "
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+_GLOB_ESCAPE = re.compile(r"[.+^${}()|\[\]\\]")
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a ``.contextignore`` glob: ``**`` any text, ``*`` and ``?`` stay within a segment."""
+    escaped = _GLOB_ESCAPE.sub(lambda m: "\\" + m.group(0), pattern)
+    parts = escaped.split("**")
+    body = ".*".join(p.replace("*", "[^/]*").replace("?", "[^/]") for p in parts)
+    return re.compile(body)
+
+
+_TS_TYPE = re.compile(r"^(export\s+)?(class|interface|type|enum)\s+")
+_TS_FUNC = re.compile(r"^(export\s+)?(async\s+)?function\s+")
+_TS_CONST = re.compile(r"^export\s+(default\s+)?(const|let|var)\s+")
+
+
+def _digest_python(lines: list[str]) -> list[str]:
+    items: list[str] = []
+    for i, line in enumerate(lines, 1):
+        if len(items) >= DIGEST_MAX_ITEMS:
+            break
+        s = js_trim(line)
+        if s.startswith("class "):
+            items.append(f"L{i}: {s.split('(')[0].split(':')[0]}")
+        elif s.startswith("def "):
+            items.append(f"L{i}: {s.split('(')[0]}")
+        elif s.startswith(("import ", "from ")):
+            items.append(f"L{i}: {s}")
+    return items
+
+
+def _digest_js(lines: list[str]) -> list[str]:
+    items: list[str] = []
+    for i, line in enumerate(lines, 1):
+        if len(items) >= DIGEST_MAX_ITEMS:
+            break
+        s = js_trim(line)
+        if _TS_TYPE.match(s) or _TS_FUNC.match(s):
+            items.append(f"L{i}: {js_trim(s.split('{')[0])}")
+        elif _TS_CONST.match(s):
+            items.append(f"L{i}: {js_trim(s.split('=')[0])}")
+    return items
+
+
+def generate_digest(file_path: str, content: str) -> str:
+    """Structural summary of a file: declarations for Python/JS/TS, else size and ends."""
+    lines = content.split("\n")
+    n = len(lines)
+    if n > DIGEST_MAX_LINES:
+        return f"{n} lines (too large to summarise structurally)"
+    ext = os.path.splitext(file_path)[1].lower()
+    if ext == ".py" or ext in _JS_EXTENSIONS:
+        items = _digest_python(lines) if ext == ".py" else _digest_js(lines)
+        return "\n".join(items) if items else f"{n} lines"
+    if n <= 6:
+        return f"{n} lines"
+    first = "\n".join(lines[:3])
+    last = "\n".join(lines[-3:])
+    return f"{n} lines\nFirst 3:\n{first}\nLast 3:\n{last}"
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(v: object, default: float) -> float:
+    return v if _is_num(v) else default  # type: ignore[return-value]
+
+
+def _strict_eq(a: object, b: object) -> bool:
+    """JS ``===`` for JSON scalars (``true`` is not ``1``)."""
+    if _is_num(a) and _is_num(b):
+        return a == b
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return type(a) is type(b) and a == b
+
+
+def _mtime_s(st: os.stat_result) -> float:
+    """``stat.mtimeMs / 1000`` computed the way Node derives ``mtimeMs``."""
+    ns = st.st_mtime_ns
+    ms = (ns // 1_000_000_000) * 1000 + (ns % 1_000_000_000) / 1e6
+    return ms / 1000
+
+
+def _read_file_text(path: str) -> str:
+    """File content as Node's ``readFileSync(p, "utf-8")`` gives it (no newline translation)."""
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _empty_cache() -> dict[str, Any]:
+    return {"files": {}}
+
+
+# ---------------------------------------------------------------- the cache
+
+
+class ReadCache:
+    """Per-session read bookkeeping; see the module docstring."""
+
+    def __init__(self, paths: StatePaths, *, cwd: Callable[[], str] = os.getcwd,
+                 telemetry: Telemetry | None = None) -> None:
+        self.paths = paths
+        self._cwd = cwd
+        self.telemetry = telemetry if telemetry is not None else Telemetry(paths)
+        self._lock = threading.RLock()
+        self._ignore: list[re.Pattern[str]] | None = None
+        self._delta: LRUCache[str, tuple[float, str]] = LRUCache(maxsize=DELTA_CACHE_MAX_ENTRIES)
+        self._delta_lock = threading.Lock()
+        self._agents: BoundedMap[str, tuple[str, ...]] = BoundedMap("read_cache.agents")
+
+    # ------------------------------------------------------------ settings
+
+    def _config(self) -> dict[str, Any]:
+        try:
+            data = loads((self.paths.read_cache / "config.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def enabled(self, env: Mapping[str, str] | None = None) -> bool:
+        """Off only for env ``TOKEN_OPTIMIZER_READ_CACHE=0`` or, env unset, config ``read_cache_enabled: false``."""
+        env = os.environ if env is None else env
+        val = env.get(ENV_ENABLED)
+        if val == "0":
+            return False
+        if val is None:
+            return self._config().get("read_cache_enabled") is not False
+        return True
+
+    def mode(self, env: Mapping[str, str] | None = None) -> str:
+        """``warn`` or ``block`` (or any other lower-cased value, which behaves as warn)."""
+        env = os.environ if env is None else env
+        val = env.get(ENV_MODE)
+        if val is not None:
+            return val.lower()
+        cfg = self._config().get("read_cache_mode")
+        if isinstance(cfg, str) and js_trim(cfg):
+            return cfg.lower()
+        return "warn"
+
+    # ------------------------------------------------------------ .contextignore
+
+    def _ignore_patterns(self) -> list[re.Pattern[str]]:
+        if self._ignore is not None:
+            return self._ignore
+        raw: list[str] = []
+        sources: list[Path] = []
+        with contextlib.suppress(Exception):
+            sources.append(Path(self._cwd()) / ".contextignore")
+        sources.append(self.paths.openclaw_dir / ".contextignore")
+        for src in sources:
+            try:
+                text = src.read_bytes().decode("utf-8", errors="replace")
+            except OSError:
+                continue
+            for line in text.split("\n"):
+                s = js_trim(line)
+                if s and not s.startswith("#"):
+                    raw.append(s)
+        compiled: list[re.Pattern[str]] = []
+        for pat in raw[:MAX_CONTEXTIGNORE_PATTERNS]:
+            try:
+                compiled.append(glob_to_regex(pat))
+            except re.error:
+                log.debug("[token-optimizer] unusable .contextignore pattern: %r", pat)
+        self._ignore = compiled
+        return compiled
+
+    def is_ignored(self, abs_path: str) -> bool:
+        base = os.path.basename(abs_path)
+        return any(p.fullmatch(abs_path) or p.fullmatch(base) for p in self._ignore_patterns())
+
+    # ------------------------------------------------------------ files
+
+    def _resolve(self, raw: str) -> str:
+        p = os.path.normpath(os.path.join(self._cwd(), raw))
+        if p.startswith("//") and not p.startswith("///"):
+            p = p[1:]  # path.resolve collapses the POSIX double-slash root
+        return p
+
+    def _cache_file(self, agent_id: str, session_id: str) -> Path:
+        agent = sanitize_removing(agent_id or "", "default")
+        sess = sanitize_removing(session_id or "", "unknown")
+        return self.paths.read_cache / f"{agent}-{sess}.json"
+
+    def _load(self, agent_id: str, session_id: str) -> dict[str, Any]:
+        p = self._cache_file(agent_id, session_id)
+        try:
+            text = read_text_no_follow(p)
+        except FileNotFoundError:
+            return _empty_cache()
+        except OSError as exc:
+            log.debug("[token-optimizer] read cache unreadable (%s): %s", p, exc)
+            return _empty_cache()
+        try:
+            data = loads(text)
+            if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+                raise ValueError("no files map")
+        except ValueError:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+            return _empty_cache()
+        return data
+
+    def _save(self, agent_id: str, session_id: str, cache: dict[str, Any]) -> None:
+        files: dict[str, Any] = cache["files"]
+        excess = len(files) - MAX_CACHE_ENTRIES
+        if excess > 0:
+            def last_access(k: str) -> float:
+                e = files[k]
+                return _num(e.get("lastAccess"), 0) if isinstance(e, dict) else 0
+
+            for k in sorted(files, key=last_access)[:excess]:
+                del files[k]
+        ensure_dir(self.paths.read_cache, base=self.paths.read_cache)
+        atomic_write(self._cache_file(agent_id, session_id), dumps_compact(cache), durable=False)
+
+    def _log_decision(self, decision: str, file_path: str, reason: str, session_id: str) -> None:
+        # Unlike the reference, a decisions directory that cannot be created
+        # does not abort the handler: logging must not change the decision.
+        try:
+            ensure_dir(self.paths.decisions, base=self.paths.read_cache)
+            sess = sanitize_removing(session_id or "", "unknown")
+            row = {"ts": now_ms() / 1000, "decision": decision, "file": file_path,
+                   "reason": reason, "session": session_id}
+            append_no_follow(self.paths.decisions / f"{sess}.jsonl", dumps_compact(row) + "\n")
+        except Exception as exc:
+            log.debug("[token-optimizer] read decision not logged: %s", exc)
+
+    def _remember_agent(self, agent_id: str, session_id: str) -> None:
+        sess = sanitize_removing(session_id or "", "unknown")
+        agent = sanitize_removing(agent_id or "", "default")
+        known = self._agents.get(sess) or ()
+        if agent not in known:
+            self._agents.set(sess, (*known, agent)[-MAX_REMEMBERED_AGENTS:])
+
+    # ------------------------------------------------------------ delta content cache
+
+    def _delta_key(self, session_id: str, abs_path: str) -> str:
+        return f"{session_id}::{abs_path}"
+
+    def _delta_get(self, key: str) -> tuple[float, str] | None:
+        with self._delta_lock:
+            return self._delta.get(key)
+
+    def _delta_set(self, key: str, mtime: float, content: str) -> None:
+        with self._delta_lock:
+            self._delta.pop(key, None)
+            self._delta[key] = (mtime, content)
+
+    def _delta_drop(self, key: str) -> None:
+        with self._delta_lock:
+            self._delta.pop(key, None)
+
+    def clear_delta_cache_for_session(self, session_id: str) -> None:
+        prefix = f"{session_id}::"
+        with self._delta_lock:
+            for key in [k for k in self._delta if k.startswith(prefix)]:
+                self._delta.pop(key, None)
+
+    def _seed_delta(self, key: str, abs_path: str, mtime: float) -> None:
+        """Refresh the delta content for a full read; drop it when too big or unreadable."""
+        try:
+            if os.stat(abs_path).st_size <= DELTA_CACHE_MAX_BYTES:
+                self._delta_set(key, mtime, _read_file_text(abs_path))
+            else:
+                self._delta_drop(key)
+        except (OSError, ValueError):
+            self._delta_drop(key)
+
+    # ------------------------------------------------------------ hooks
+
+    def before_read(self, file_path: str | None, offset: int | None, limit: int | None,
+                    agent_id: str, session_id: str) -> str | None:
+        """Decide a read: the block message when it must be blocked, else None. Never raises."""
+        try:
+            with self._lock:
+                return self._before_read(file_path, offset, limit, agent_id or "", session_id or "")
+        except Exception as exc:
+            log.warning("[token-optimizer] read cache failed, read allowed: %s", exc)
+            return None
+
+    def _before_read(self, raw: str | None, offset: int | None, limit: int | None,
+                     agent_id: str, session_id: str) -> str | None:
+        if not self.enabled():
+            return None
+        mode = self.mode()
+        if not raw:
+            return None
+        fp = self._resolve(raw)
+        base = os.path.basename(fp)
+
+        if self.is_ignored(fp):
+            self._log_decision("block", fp, "contextignore", session_id)
+            return (f"{PREFIX}Blocked by .contextignore: {base}\n"
+                    "Take the matching pattern out of .contextignore to make this file readable again.")
+
+        if os.path.splitext(fp)[1].lower() in BINARY_EXTENSIONS:
+            return None
+
+        self._remember_agent(agent_id, session_id)
+        cache = self._load(agent_id, session_id)
+        files: dict[str, Any] = cache["files"]
+        found = files.get(fp)
+        entry: dict[str, Any] | None = found if isinstance(found, dict) else None
+        off = offset if offset is not None else 0
+        lim = limit if limit is not None else 0
+        full_read = off == 0 and lim == 0
+        tel = self.telemetry
+        key = self._delta_key(session_id, fp)
+
+        if entry is None:
+            try:
+                st = os.stat(fp)
+            except (OSError, ValueError):
+                return None
+            mtime = _mtime_s(st)
+            files[fp] = {"mtime": mtime, "offset": off, "limit": lim,
+                         "tokensEst": estimate_tokens_from_bytes(st.st_size), "readCount": 1,
+                         "lastAccess": now_ms() / 1000, "digest": ""}
+            self._save(agent_id, session_id, cache)
+            self._log_decision("allow", fp, "first_read", session_id)
+            try:
+                if self.claim_hint_follow(session_id, fp):
+                    tel.log_savings_event("hint_followed", HINT_FOLLOW_TOKEN_CREDIT, session_id,
+                                          f"hint->read: {base}")
+            except Exception as exc:
+                log.debug("[token-optimizer] hint credit skipped: %s", exc)
+            if full_read and tel.is_v5_enabled("delta_read"):
+                with contextlib.suppress(OSError, ValueError):
+                    if os.stat(fp).st_size <= DELTA_CACHE_MAX_BYTES:
+                        self._delta_set(key, mtime, _read_file_text(fp))
+            return None
+
+        try:
+            st = os.stat(fp)
+        except (OSError, ValueError):
+            del files[fp]
+            self._save(agent_id, session_id, cache)
+            self._log_decision("allow", fp, "file_changed_or_deleted", session_id)
+            return None
+        current = _mtime_s(st)
+        mtime_match = abs(current - _num(entry.get("mtime"), math.nan)) < MTIME_TOLERANCE_S
+        range_match = _strict_eq(entry.get("offset"), off) and _strict_eq(entry.get("limit"), lim)
+
+        if not (mtime_match and range_match):
+            delta_on = tel.is_v5_enabled("delta_read")
+            cached = (self._delta_get(key)
+                      if delta_on and full_read and range_match and not mtime_match else None)
+            if cached is not None:
+                try:
+                    if os.stat(fp).st_size <= DELTA_CACHE_MAX_BYTES:
+                        new = _read_file_text(fp)
+                        d = compute_delta(cached[1], new)
+                        self._delta_set(key, current, new)
+                        entry["mtime"] = current
+                        entry["readCount"] = _num(entry.get("readCount"), 0) + 1
+                        entry["lastAccess"] = now_ms() / 1000
+                        entry["digest"] = ""
+                        self._save(agent_id, session_id, cache)
+                        tel.log_compression_event(
+                            "delta_read", session_id,
+                            detail=f"delta {d.summary}" + (" fallback" if d.fallback else ""),
+                            original_text=new, compressed_text=d.body, verified=False,
+                            command_pattern=f"Read:{base}", quality_preserved=not d.fallback)
+                        self._log_decision("block", fp, f"delta_read_{d.summary}", session_id)
+                        return (f"{PREFIX}Delta view \u2014 {base} changed {d.summary}\n\n{d.body}\n\n"
+                                "(Ask again with a different offset/limit to get the whole file.)")
+                    self._delta_drop(key)
+                except Exception as exc:
+                    log.debug("[token-optimizer] delta read skipped: %s", exc)
+                    self._delta_drop(key)
+
+            entry["mtime"] = current
+            entry["offset"] = off
+            entry["limit"] = lim
+            entry["readCount"] = _num(entry.get("readCount"), 0) + 1
+            entry["lastAccess"] = now_ms() / 1000
+            entry["digest"] = ""
+            self._save(agent_id, session_id, cache)
+            if delta_on and full_read:
+                self._seed_delta(key, fp, current)
+            elif not full_read:
+                self._delta_drop(key)
+            self._log_decision("allow", fp, "file_modified_or_different_range", session_id)
+            return None
+
+        # Redundant read: same file, same range, unchanged.
+        count = _num(entry.get("readCount"), 0) + 1
+        entry["readCount"] = count
+        entry["lastAccess"] = now_ms() / 1000
+        fresh_content: str | None = None
+        digest = entry.get("digest")
+        if not js_truthy(digest):
+            try:
+                fresh_content = _read_file_text(fp)
+                digest = generate_digest(fp, fresh_content)
+            except (OSError, ValueError):
+                digest = DIGEST_FAILURE
+            entry["digest"] = digest
+        self._save(agent_id, session_id, cache)
+        digest_text = digest if isinstance(digest, str) else dumps_compact(digest)
+
+        if fresh_content is not None and digest_text and digest_text != DIGEST_FAILURE \
+                and tel.is_v5_enabled("structure_map_beta"):
+            tel.log_compression_event(
+                "structure_map", session_id, detail=f"redundant_read {js_number(count)}",
+                original_text=fresh_content, compressed_text=digest_text, verified=False,
+                command_pattern=f"Read:{base}", quality_preserved=True)
+
+        reason = f"redundant_read_{js_number(count)}"
+        if mode == "block":
+            self._log_decision("block", fp, reason, session_id)
+            return (f"{PREFIX}{base} is already in context and has not changed (read #{js_number(count)}).\n"
+                    f"Structure of {base}:\n{digest_text}\n\n"
+                    "Change the file first, or pass a different offset/limit, to read it again.")
+        self._log_decision("warn", fp, reason, session_id)
+        return None
+
+    def after_write(self, file_path: str | None, agent_id: str, session_id: str) -> None:
+        """A write tool touched ``file_path``: forget it. Never raises."""
+        try:
+            if not file_path:
+                return
+            with self._lock:
+                fp = self._resolve(file_path)
+                cache = self._load(agent_id or "", session_id or "")
+                if fp in cache["files"]:
+                    del cache["files"][fp]
+                    self._save(agent_id or "", session_id or "", cache)
+                self._delta_drop(self._delta_key(session_id or "", fp))
+        except Exception as exc:
+            log.warning("[token-optimizer] read cache invalidation failed: %s", exc)
+
+    def clear_cache(self, agent_id: str, session_id: str) -> None:
+        """Compaction: delete the session's read cache and decisions log. Never raises.
+
+        The reference deletes only ``<agent>-<session>.json`` for the agent id
+        it is given, which misses the cache when reads and compaction resolve
+        the agent differently (runtime.md §13.4 B). Here every agent prefix of
+        the session is cleared: the one given, the ones seen by this process,
+        and any single-segment prefix found on disk (``unknown``, ``main`` ...).
+        """
+        try:
+            with self._lock:
+                sess = sanitize_removing(session_id or "", "unknown")
+                suffix = f"-{sess}.json"
+                agents = {sanitize_removing(agent_id or "", "default"), "default", "unknown"}
+                agents.update(self._agents.get(sess) or ())
+                with contextlib.suppress(OSError):
+                    for name in os.listdir(self.paths.read_cache):
+                        if name.endswith(suffix):
+                            prefix = name[: -len(suffix)]
+                            if prefix and "-" not in prefix:
+                                agents.add(prefix)
+                for agent in agents:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.paths.read_cache / f"{agent}{suffix}")
+                with contextlib.suppress(OSError):
+                    os.unlink(self.paths.decisions / f"{sess}.jsonl")
+                self._agents.discard(sess)
+        except Exception as exc:
+            log.warning("[token-optimizer] read cache clear failed: %s", exc)
+
+    def active_read_tokens(self, agent_id: str, session_id: str) -> int:
+        """Tokens of files this session read at least twice (top 25 by recency, cap 200 000).
+
+        The agent id is ignored: caches of every agent prefix are summed.
+        """
+        try:
+            suffix = f"-{sanitize_removing(session_id or '', 'unknown')}.json"
+            try:
+                names = sorted(n for n in os.listdir(self.paths.read_cache) if n.endswith(suffix))
+            except OSError:
+                return 0
+            entries: list[dict[str, Any]] = []
+            for name in names:
+                try:
+                    data = loads(read_text_no_follow(self.paths.read_cache / name))
+                except (OSError, ValueError):
+                    continue
+                files = data.get("files") if isinstance(data, dict) else None
+                if not isinstance(files, dict):
+                    continue
+                for e in files.values():
+                    if isinstance(e, dict) and _num(e.get("readCount"), 0) >= ACTIVE_READ_MIN_COUNT:
+                        entries.append(e)
+            entries.sort(key=lambda e: _num(e.get("lastAccess"), 0), reverse=True)
+            total = sum(_num(e.get("tokensEst"), 0) for e in entries[:ACTIVE_READ_MAX_FILES])
+            return int(min(ACTIVE_READ_TOKEN_CAP, total))
+        except Exception as exc:
+            log.debug("[token-optimizer] active read tokens unavailable: %s", exc)
+            return 0
+
+    # ------------------------------------------------------------ hint follow-through
+
+    def _hint_file(self, session_id: str) -> Path:
+        return self.paths.read_cache / f"hint-serves-{sanitize_removing(session_id, 'unknown')}.json"
+
+    def _load_hints(self, session_id: str) -> dict[str, Any]:
+        p = self._hint_file(session_id)
+        try:
+            text = read_text_no_follow(p)
+        except OSError:
+            return {}
+        try:
+            data = loads(text)
+        except ValueError:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_hints(self, session_id: str, serves: dict[str, Any]) -> None:
+        try:
+            ensure_dir(self.paths.read_cache, base=self.paths.read_cache)
+            atomic_write(self._hint_file(session_id), dumps_compact(serves), durable=False)
+        except Exception as exc:
+            log.debug("[token-optimizer] hint sidecar not saved: %s", exc)
+
+    def record_hint_serve(self, session_id: str, paths: list[str]) -> None:
+        """Remember paths a hint surfaced (first 25; existing entries untouched). Never raises."""
+        if not session_id or not paths:
+            return
+        try:
+            with self._lock:
+                serves = self._load_hints(session_id)
+                now_s = now_ms() / 1000
+                changed = False
+                for raw in list(paths)[:HINT_SERVE_MAX_PATHS]:
+                    if not isinstance(raw, str):
+                        continue
+                    fp = js_trim(raw)
+                    if not fp or js_truthy(serves.get(fp)):
+                        continue
+                    serves[fp] = {"filePath": fp, "servedAt": now_s, "credited": False}
+                    changed = True
+                if changed:
+                    self._save_hints(session_id, serves)
+        except Exception as exc:
+            log.debug("[token-optimizer] hint serve not recorded: %s", exc)
+
+    def claim_hint_follow(self, session_id: str, file_path: str) -> bool:
+        """Credit a hinted path once, within four hours of the hint. Never raises."""
+        if not session_id or not file_path:
+            return False
+        try:
+            with self._lock:
+                serves = self._load_hints(session_id)
+                entry = serves.get(file_path)
+                if not isinstance(entry, dict) or js_truthy(entry.get("credited")):
+                    return False
+                age = now_ms() / 1000 - _num(entry.get("servedAt"), math.nan)
+                if age > HINT_FOLLOW_MAX_AGE_S:
+                    return False
+                serves[file_path] = {**entry, "credited": True}
+                self._save_hints(session_id, serves)
+                return True
+        except Exception as exc:
+            log.debug("[token-optimizer] hint credit failed: %s", exc)
+            return False
+
+    # ------------------------------------------------------------ memory
+
+    def release(self, session_id: str) -> None:
+        """Session ended: drop its in-memory state (delta contents, remembered agents)."""
+        self.clear_delta_cache_for_session(session_id or "")
+        self._agents.discard(sanitize_removing(session_id or "", "unknown"))
+
+    def tracked_counts(self) -> dict[str, int]:
+        with self._delta_lock:
+            delta = len(self._delta)
+        return {"read_cache.delta": delta, "read_cache.agents": len(self._agents)}

@@ -1,0 +1,506 @@
+"""Savings ledger, compression telemetry and the v5 feature switches.
+
+Three small stores under the state root (runtime.md §2.11, §9, §10;
+analysis.md §7.1):
+
+* ``savings-events.jsonl`` -- append-only ledger of tokens the plugin saved
+  (restored checkpoints, followed hints, fresh-session nudges ...).
+* ``compression-events.jsonl`` -- one row per delta read / structure map /
+  other compression, pruned to 90 days at gateway start.
+* ``v5-features.json`` -- on/off state of the v5 compression features,
+  re-read on every query so a CLI toggle applies to a running gateway.
+
+Everything here is best-effort: a failed write is logged at debug level and
+never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from token_optimizer.fsutil import (
+    StatePaths,
+    append_no_follow,
+    atomic_write,
+    ensure_dir,
+    read_text_no_follow,
+    resolve_paths,
+)
+from token_optimizer.jsutil import (
+    dumps_compact,
+    dumps_pretty,
+    iso_now,
+    js_number,
+    js_round,
+    js_trim,
+    loads,
+    now_ms,
+    parse_iso_ms,
+    utf16_slice,
+)
+from token_optimizer.token_estimate import estimate_tokens
+
+log = logging.getLogger("token_optimizer.telemetry")
+
+MAX_DETAIL_LEN = 200
+"""Longest ``detail`` (UTF-16 code units) written to either log."""
+SUMMARY_DAYS = 30
+PRUNE_DAYS = 90
+DAY_MS = 86_400_000
+WELCOME_VERSION = "2.3.0"
+"""Version tag of the CLI's first-run welcome marker (``welcome_<version>``)."""
+
+
+# ---------------------------------------------------------------- v5 catalogue
+
+
+@dataclass(frozen=True)
+class V5Feature:
+    id: str
+    label: str
+    description: str
+    default_enabled: bool
+    risk: str
+    status: str
+    """``shipped``, ``beta`` or ``deferred`` (deferred ones can never be on)."""
+
+    def to_dict(self, enabled: bool) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "description": self.description,
+            "defaultEnabled": self.default_enabled,
+            "risk": self.risk,
+            "status": self.status,
+            "enabled": enabled,
+        }
+
+
+V5_FEATURES: tuple[V5Feature, ...] = (
+    V5Feature("delta_read", "Delta Mode",
+              "When a file the agent already read changes on disk, answer the re-read "
+              "with a line diff instead of the whole file.", True, "low", "shipped"),
+    V5Feature("structure_map_beta", "Structure Map Beta",
+              "Summarise repeated reads of an unchanged file as a structural digest "
+              "(classes, functions, imports).", True, "low", "beta"),
+    V5Feature("quality_nudge", "Quality Nudges",
+              "Suggest a checkpoint when the context quality score drops sharply.",
+              False, "medium", "deferred"),
+    V5Feature("loop_detection", "Loop Detection",
+              "Notice the same tool call being repeated with identical arguments.",
+              False, "medium", "deferred"),
+    V5Feature("bash_compression", "Bash Output Compression",
+              "Shrink the output of read-only shell commands before it enters context.",
+              False, "medium", "deferred"),
+    V5Feature("bash_compress_search", "Search Results Compression",
+              "Group grep-style search output of 30 or more lines by file.",
+              False, "medium", "deferred"),
+    V5Feature("verbosity_steer", "Verbosity Steering",
+              "Ask for shorter answers as the context fills (tiers at 25% and 75%).",
+              False, "medium", "deferred"),
+)
+_V5_BY_ID: dict[str, V5Feature] = {f.id: f for f in V5_FEATURES}
+
+
+def v5_feature(feature_id: str) -> V5Feature | None:
+    return _V5_BY_ID.get(feature_id)
+
+
+def js_truthy(v: object) -> bool:
+    """JavaScript truthiness of a JSON value."""
+    if v is None or v is False:
+        return False
+    if v is True:
+        return True
+    if isinstance(v, (int, float)):
+        return not (v == 0 or (isinstance(v, float) and math.isnan(v)))
+    if isinstance(v, str):
+        return v != ""
+    return True
+
+
+def _round4(x: float) -> float:
+    return js_round(x * 10000) / 10000
+
+
+def _num_or_zero(v: object) -> float:
+    """``v || 0`` for a JSON value used in a sum (non-numbers count as 0)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return 0
+    if isinstance(v, float) and math.isnan(v):
+        return 0
+    return v
+
+
+def _cut_detail(detail: str | None) -> str | None:
+    if detail is None:
+        return None
+    return utf16_slice(detail, MAX_DETAIL_LEN)
+
+
+def _key_str(v: object) -> str:
+    """How JS turns a value into an object key."""
+    if isinstance(v, str):
+        return v
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return js_number(v)
+    return dumps_compact(v)
+
+
+# ---------------------------------------------------------------- the stores
+
+
+class Telemetry:
+    """Savings ledger, compression telemetry and v5 switches under one state root."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+
+    # ------------------------------------------------------------ shared
+
+    def _prepare_root(self) -> None:
+        # Creation failures are ignored; the append then fails on its own if
+        # the directory really is unusable.
+        with contextlib.suppress(OSError):
+            ensure_dir(self.paths.root)
+
+    # ------------------------------------------------------------ savings
+
+    def log_savings_event(self, event_type: str, tokens_saved: float, session_id: str | None,
+                          detail: str | None = None) -> None:
+        """Append one row to ``savings-events.jsonl``; never raises."""
+        try:
+            try:
+                saved: int | None = js_round(float(tokens_saved))
+            except (TypeError, ValueError):
+                saved = None  # NaN/Infinity serialise as null in JS
+            row = {
+                "timestamp": iso_now(),
+                "event_type": event_type,
+                "tokens_saved": saved,
+                "session_id": session_id if session_id else None,
+                "detail": _cut_detail(detail),
+            }
+            self._prepare_root()
+            append_no_follow(self.paths.savings_log, dumps_compact(row) + "\n")
+        except Exception as exc:  # best effort by contract
+            log.debug("[token-optimizer] savings event not recorded: %s", exc)
+
+    # ------------------------------------------------------------ compression
+
+    def log_compression_event(
+        self,
+        feature: str,
+        session_id: str | None,
+        detail: str | None = None,
+        original_text: str = "",
+        compressed_text: str = "",
+        verified: bool = False,
+        *,
+        command_pattern: str | None = None,
+        original_tokens: int | None = None,
+        compressed_tokens: int | None = None,
+        quality_preserved: bool | None = None,
+    ) -> bool:
+        """Append one row to ``compression-events.jsonl``; False on any error."""
+        try:
+            orig = original_tokens if original_tokens is not None else estimate_tokens(original_text or "")
+            comp = compressed_tokens if compressed_tokens is not None else estimate_tokens(compressed_text or "")
+            ratio: float = _round4(1 - comp / orig) if orig > 0 else 0
+            row = {
+                "timestamp": iso_now(),
+                "session_id": session_id,
+                "feature": feature,
+                "command_pattern": command_pattern,
+                "original_tokens": orig,
+                "compressed_tokens": comp,
+                "compression_ratio": ratio,
+                "quality_preserved": 0 if quality_preserved is False else 1,
+                "verified": 1 if verified else 0,
+                "detail": _cut_detail(detail),
+            }
+            self._prepare_root()
+            append_no_follow(self.paths.compression_log, dumps_compact(row) + "\n")
+            return True
+        except Exception as exc:
+            log.debug("[token-optimizer] compression event not recorded: %s", exc)
+            return False
+
+    def read_recent_events(self, days: float) -> list[dict[str, Any]]:
+        """Compression rows whose timestamp is within the last ``days`` days."""
+        out: list[dict[str, Any]] = []
+        try:
+            text = read_text_no_follow(self.paths.compression_log)
+        except FileNotFoundError:
+            return out
+        except OSError as exc:
+            log.debug("[token-optimizer] compression log unreadable: %s", exc)
+            return out
+        cutoff = now_ms() - days * DAY_MS
+        for line in text.split("\n"):
+            line = js_trim(line)
+            if not line:
+                continue
+            try:
+                row = loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            ts = parse_iso_ms(row.get("timestamp"))
+            if math.isnan(ts) or ts < cutoff:
+                continue
+            out.append(row)
+        return out
+
+    def compression_summary(self, days: int = SUMMARY_DAYS) -> dict[str, Any]:
+        """Totals and per-feature aggregates over the recent compression rows."""
+        events = self.read_recent_events(days)
+        groups: dict[str, dict[str, Any]] = {}
+        ratios: dict[str, list[float]] = {}
+        total_o: float = 0
+        total_c: float = 0
+        for ev in events:
+            key = _key_str(ev.get("feature"))
+            o = _num_or_zero(ev.get("original_tokens"))
+            c = _num_or_zero(ev.get("compressed_tokens"))
+            g = groups.get(key)
+            if g is None:
+                g = {"events": 0, "original_tokens": 0, "compressed_tokens": 0}
+                groups[key] = g
+                ratios[key] = []
+            g["events"] += 1
+            g["original_tokens"] += o
+            g["compressed_tokens"] += c
+            ratios[key].append(_num_or_zero(ev.get("compression_ratio")))
+            total_o += o
+            total_c += c
+        by_feature: dict[str, Any] = {}
+        for key, g in groups.items():
+            rs = ratios[key]
+            by_feature[key] = {
+                "events": g["events"],
+                "original_tokens": g["original_tokens"],
+                "compressed_tokens": g["compressed_tokens"],
+                "tokens_saved": g["original_tokens"] - g["compressed_tokens"],
+                "avg_ratio": _round4(sum(rs) / len(rs)) if rs else 0,
+            }
+        return {
+            "total_events": len(events),
+            "total_original_tokens": total_o,
+            "total_compressed_tokens": total_c,
+            "total_tokens_saved": total_o - total_c,
+            "overall_ratio": _round4(1 - total_c / total_o) if total_o > 0 else 0,
+            "by_feature": by_feature,
+            "period_days": days,
+        }
+
+    def prune_old_events(self, days: int = PRUNE_DAYS) -> int:
+        """Drop unparsable rows and rows older than ``days``; returns how many were dropped."""
+        path = self.paths.compression_log
+        try:
+            text = read_text_no_follow(path)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.debug("[token-optimizer] compression log unreadable: %s", exc)
+            return 0
+        try:
+            cutoff = now_ms() - days * DAY_MS
+            kept: list[str] = []
+            dropped = 0
+            for raw in text.split("\n"):
+                line = js_trim(raw)
+                if not line:
+                    continue
+                try:
+                    row = loads(line)
+                except ValueError:
+                    dropped += 1
+                    continue
+                ts = parse_iso_ms(row.get("timestamp")) if isinstance(row, dict) else math.nan
+                if math.isnan(ts) or ts < cutoff:
+                    dropped += 1
+                    continue
+                kept.append(line)
+            data = "\n".join(kept) + "\n" if kept else ""
+            atomic_write(path, data)
+            return dropped
+        except Exception as exc:
+            log.debug("[token-optimizer] compression log prune failed: %s", exc)
+            return 0
+
+    # ------------------------------------------------------------ v5 switches
+
+    def _read_v5_state(self) -> dict[str, Any]:
+        try:
+            text = read_text_no_follow(self.paths.v5_features)
+        except OSError:
+            return {}
+        try:
+            data = loads(text)
+        except ValueError:
+            return {}  # fail open; the corrupt file stays for inspection
+        return data if isinstance(data, dict) else {}
+
+    def _write_v5_state(self, state: dict[str, Any]) -> None:
+        try:
+            self._prepare_root()
+            atomic_write(self.paths.v5_features, dumps_pretty(state))
+        except Exception as exc:
+            log.debug("[token-optimizer] v5 feature state not saved: %s", exc)
+
+    def is_v5_enabled(self, name: str) -> bool:
+        feat = _V5_BY_ID.get(name)
+        if feat is None or feat.status == "deferred":
+            return False
+        state = self._read_v5_state()
+        if name in state:
+            return js_truthy(state[name])
+        return feat.default_enabled
+
+    def set_v5(self, name: str, on: bool) -> bool:
+        """Store the switch; False (nothing written) for unknown or deferred features."""
+        feat = _V5_BY_ID.get(name)
+        if feat is None or feat.status == "deferred":
+            return False
+        state = self._read_v5_state()
+        state[name] = bool(on)
+        self._write_v5_state(state)
+        return True
+
+    def list_v5(self) -> list[dict[str, Any]]:
+        """The catalogue, in order, with each feature's effective state."""
+        state = self._read_v5_state()
+        out = []
+        for f in V5_FEATURES:
+            if f.status == "deferred":
+                enabled = False
+            elif f.id in state:
+                enabled = js_truthy(state[f.id])
+            else:
+                enabled = f.default_enabled
+            out.append(f.to_dict(enabled))
+        return out
+
+    def has_seen_welcome(self, version: str = WELCOME_VERSION) -> bool:
+        return js_truthy(self._read_v5_state().get(f"welcome_{version}"))
+
+    def mark_welcome_seen(self, version: str = WELCOME_VERSION) -> None:
+        state = self._read_v5_state()
+        state[f"welcome_{version}"] = True
+        self._write_v5_state(state)
+
+
+# ---------------------------------------------------------------- CLI
+
+_V5_ACTIONS = ("status", "info", "enable", "disable", "welcome")
+
+
+def register_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "v5",
+        help="show or toggle the v5 compression features",
+        description="Show or toggle the v5 compression features (delta reads, structure map).",
+    )
+    p.add_argument("action", nargs="?", default="status",
+                   help="status (default; alias: list), info, enable, disable or welcome")
+    p.add_argument("feature", nargs="?", help="feature id for info/enable/disable")
+    p.add_argument("--json", action="store_true", help="machine-readable output (status only)")
+    p.set_defaults(func=_cmd_v5)
+
+
+def print_welcome(tel: Telemetry, out: TextIO) -> None:
+    """The v5 welcome block; marks the welcome as seen."""
+    out.write("Token Optimizer v5: active compression\n")
+    out.write("=" * 50 + "\n")
+    for f in tel.list_v5():
+        mark = "[ - ]" if f["status"] == "deferred" else ("[ON ]" if f["enabled"] else "[off]")
+        out.write(f"  {mark} {f['label']} ({f['id']})\n")
+    out.write("\nToggle with: token-optimizer v5 enable|disable <feature-id>\n")
+    tel.mark_welcome_seen(WELCOME_VERSION)
+
+
+def maybe_show_welcome(paths: StatePaths, out: TextIO) -> bool:
+    """First text-mode run: show the welcome once (cli.md §1.2). Never raises."""
+    try:
+        tel = Telemetry(paths)
+        if tel.has_seen_welcome(WELCOME_VERSION):
+            return False
+        print_welcome(tel, out)
+        return True
+    except Exception as exc:
+        log.debug("[token-optimizer] welcome skipped: %s", exc)
+        return False
+
+
+def _cmd_v5(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    tel = Telemetry(resolve_paths(getattr(args, "home", None)))
+    action = args.action
+    if action == "list":
+        action = "status"
+    if action == "status":
+        return _v5_status(tel, out, bool(args.json))
+    if action == "welcome":
+        print_welcome(tel, out)
+        return 0
+    if action not in _V5_ACTIONS:
+        out.write(f"Unknown v5 subcommand: {action}\n")
+        out.write(f"Supported: {', '.join(_V5_ACTIONS)}\n")
+        return 1
+    name = args.feature
+    if not name:
+        out.write("Usage: token-optimizer v5 <info|enable|disable> <feature-id>\n")
+        return 1
+    feat = _V5_BY_ID.get(name)
+    if feat is None:
+        out.write(f"Unknown feature: {name}\n")
+        out.write(f"Known features: {', '.join(f.id for f in V5_FEATURES)}\n")
+        return 1
+    if action == "info":
+        enabled = tel.is_v5_enabled(name)
+        out.write(f"{feat.label}\n")
+        out.write(f"  id:          {feat.id}\n")
+        out.write(f"  status:      {feat.status}\n")
+        out.write(f"  risk:        {feat.risk}\n")
+        out.write(f"  enabled:     {'yes' if enabled else 'no'}\n")
+        out.write(f"  default:     {'on' if feat.default_enabled else 'off'}\n")
+        out.write(f"  description: {feat.description}\n")
+        return 0
+    if feat.status == "deferred":
+        out.write(f"{feat.label} is deferred in this release and cannot be toggled.\n")
+        return 1
+    on = action == "enable"
+    tel.set_v5(name, on)
+    out.write(f"{feat.label}: {'enabled' if on else 'disabled'}\n")
+    return 0
+
+
+def _v5_status(tel: Telemetry, out: TextIO, as_json: bool) -> int:
+    features = tel.list_v5()
+    summary = tel.compression_summary(SUMMARY_DAYS)
+    if as_json:
+        out.write(dumps_pretty({"features": features, "summary": summary}) + "\n")
+        return 0
+    out.write("v5 compression features\n")
+    out.write("=" * 50 + "\n")
+    for f in features:
+        mark = "deferred" if f["status"] == "deferred" else ("enabled" if f["enabled"] else "disabled")
+        out.write(f"  {'[' + mark + ']':<11} {f['id']:<22} {f['label']}\n")
+    out.write(
+        f"\nLast {SUMMARY_DAYS} days: {js_number(summary['total_events'])} events, "
+        f"{js_number(summary['total_tokens_saved'])} tokens saved "
+        f"(ratio {js_number(summary['overall_ratio'])})\n"
+    )
+    return 0
