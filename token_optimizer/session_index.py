@@ -655,7 +655,9 @@ class SessionIndex:
                     self._maybe_flush_locked(self._clock())
                     return None
                 self._last_prune = t
-                return self.prune_old_entries(max_age_days, now=t)
+                n = self.prune_old_entries(max_age_days, now=t)
+                self._maybe_flush_locked(self._clock())
+                return n
         except Exception as e:
             log.warning("[token-optimizer] session index maybe_prune failed: %s", e)
             return None
