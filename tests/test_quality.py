@@ -96,9 +96,22 @@ def test_window_substring_uses_table_order() -> None:
 
 @pytest.mark.parametrize(
     ("score", "grade", "band"),
-    [(100, "S", "Good"), (90, "S", "Good"), (89, "A", "Good"), (80, "A", "Good"), (79, "B", "Fair"),
-     (70, "B", "Fair"), (69, "C", "Fair"), (60, "C", "Fair"), (59, "C", "Needs Work"), (55, "C", "Needs Work"),
-     (54, "D", "Needs Work"), (40, "D", "Needs Work"), (39, "F", "Poor"), (0, "F", "Poor")],
+    [
+        (100, "S", "Good"),
+        (90, "S", "Good"),
+        (89, "A", "Good"),
+        (80, "A", "Good"),
+        (79, "B", "Fair"),
+        (70, "B", "Fair"),
+        (69, "C", "Fair"),
+        (60, "C", "Fair"),
+        (59, "C", "Needs Work"),
+        (55, "C", "Needs Work"),
+        (54, "D", "Needs Work"),
+        (40, "D", "Needs Work"),
+        (39, "F", "Poor"),
+        (0, "F", "Poor"),
+    ],
 )
 def test_grade_and_band_cutoffs(score: int, grade: str, band: str) -> None:
     assert q.score_to_grade(score) == grade
@@ -115,15 +128,23 @@ def test_all_zero_run_scores_71_with_js_rounding() -> None:
 
 
 def test_sonnet_run_scores_81() -> None:
-    run = _run(model="sonnet", tokens=TokenBreakdown(input=100_000, output=20_000), message_count=10,
-               duration_seconds=600)
+    run = _run(
+        model="sonnet",
+        tokens=TokenBreakdown(input=100_000, output=20_000),
+        message_count=10,
+        duration_seconds=600,
+    )
     res = q.score_session_quality(run)
     assert (res.score, res.grade, res.band) == (81, "A", "Good")
 
 
 def test_fill_ratio_override_replaces_input_over_window() -> None:
-    run = _run(model="sonnet", tokens=TokenBreakdown(input=100_000, output=20_000), message_count=10,
-               duration_seconds=600)
+    run = _run(
+        model="sonnet",
+        tokens=TokenBreakdown(input=100_000, output=20_000),
+        message_count=10,
+        duration_seconds=600,
+    )
     # fill 0.85 -> 10 points instead of 100: 81 - 0.25*90 = 58.5 -> 59
     assert q.score_session_quality(run, fill_ratio=0.85).score == 59
     # a tiny corrected fill keeps the full fill points
@@ -131,8 +152,12 @@ def test_fill_ratio_override_replaces_input_over_window() -> None:
 
 
 def test_poor_long_session() -> None:
-    run = _run(model="haiku", tokens=TokenBreakdown(input=190_000, output=100, cache_read=0), message_count=200,
-               duration_seconds=3 * 3600)
+    run = _run(
+        model="haiku",
+        tokens=TokenBreakdown(input=190_000, output=100, cache_read=0),
+        message_count=200,
+        duration_seconds=3 * 3600,
+    )
     # fill 0.95 ->10, msgs ->10, cache 0 ->20, out/in tiny ->10, duration ->10
     res = q.score_session_quality(run)
     assert res.score == js_expected(10 * 0.25 + 10 * 0.25 + 20 * 0.2 + 10 * 0.15 + 10 * 0.15)
@@ -172,7 +197,9 @@ def test_savings_estimate_vectors() -> None:
 
 def test_savings_usd_pinned_rates(pricing_available: None) -> None:
     assert q.fresh_session_savings_usd(1_000_000, "GPT-5.6 Sol Pro") == pytest.approx(5.0)
-    assert q.fresh_session_savings_usd(1_000_000, "openai:gpt-5.6-terra-2026-07-09") == pytest.approx(2.0)
+    assert q.fresh_session_savings_usd(
+        1_000_000, "openai:gpt-5.6-terra-2026-07-09"
+    ) == pytest.approx(2.0)
     assert q.fresh_session_savings_usd(1_000_000, "gpt-5.6_luna") == pytest.approx(0.20)
     assert q.fresh_session_savings_usd(1_000_000, "no-such-model-zzz") == 0.0
 
@@ -205,7 +232,7 @@ def test_nudge_observed_values(pricing_available: None) -> None:
     assert i_fill < i_q < i_s
     share = msg.index("(~62%", i_s)
     assert msg.index("$3.12") > share
-    assert msg[msg.index(")", share) + 1:].startswith(",")
+    assert msg[msg.index(")", share) + 1 :].startswith(",")
 
 
 def test_nudge_small_saving_and_no_cost_clause(pricing_available: None) -> None:
