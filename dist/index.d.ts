@@ -124,6 +124,8 @@ export interface Bridge {
   readonly spawnCount: number;
   readonly stats: { requests: number; timeouts: number; notifications: number; badLines: number; enqueues: number };
   alive(): boolean;
+  /** Send a control message (ping/status) and resolve to the raw reply, or undefined. */
+  control(msg: PingMessage | StatusMessage | { type: string; [k: string]: unknown }, timeoutMs?: number): Promise<Record<string, unknown> | undefined>;
   stop(graceMs?: number): Promise<void>;
   kill(signal?: NodeJS.Signals | string): void;
 }

@@ -220,6 +220,11 @@ class Bridge {
       env: { ...process.env, PYTHONIOENCODING: "utf-8" },
       windowsHide: true,
     });
+    if (child.pid === undefined) {
+      // spawn failed synchronously (ENOENT/EACCES); the "error" event follows on the next tick
+      child.on("error", () => {});
+      throw new Error("spawn failed (is pythonPath right?)");
+    }
     this.child = child;
     this.ready = false;
     this.buf = "";
@@ -351,8 +356,9 @@ class Bridge {
       clearTimeout(p.timer);
       if (this.pending.size === 0) this.idle();
       if (Array.isArray(msg.actions) && msg.actions.length) this.perform(msg.actions, p.api);
-      if (typeof msg.error === "string") this.log("warn", `worker error on ${p.hook}: ${msg.error}`);
-      p.resolve(msg.error === undefined ? pickResult(p.hook, msg.result) : undefined);
+      if (typeof msg.error === "string" && p.hook) this.log("warn", `worker error on ${p.hook}: ${msg.error}`);
+      if (p.hook === null) p.resolve(msg);
+      else p.resolve(msg.error === undefined ? pickResult(p.hook, msg.result) : undefined);
       return;
     }
     if (typeof msg.error === "string") {
@@ -383,6 +389,25 @@ class Bridge {
         this.pending.delete(id);
         clearTimeout(timer);
         if (this.pending.size === 0) this.idle();
+        resolve(undefined);
+      }
+    });
+  }
+
+  /** Control request (ping, status): resolves to the worker's reply object, or undefined. */
+  control(msg, timeoutMs = this.settings.timeoutMs + this.settings.startupTimeoutMs) {
+    if (!this.ensure()) return Promise.resolve(undefined);
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        if (this.pending.delete(id) && this.pending.size === 0) this.idle();
+        resolve(undefined);
+      }, timeoutMs);
+      this.pending.set(id, { resolve, timer, hook: null, api: null });
+      this.busy();
+      if (!this.write({ ...msg, id })) {
+        this.pending.delete(id);
+        clearTimeout(timer);
         resolve(undefined);
       }
     });

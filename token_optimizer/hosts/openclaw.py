@@ -240,6 +240,9 @@ class Worker:
         rt = self.get_runtime()
         out: dict[str, Any] = {"pid": os.getpid(), "handled": self.handled, "errors": self.errors,
                                "uptimeS": round(time.time() - self.started_at, 3)}
+        cfg = getattr(rt, "config", None)
+        if cfg is not None and callable(getattr(cfg, "to_dict", None)):
+            out["config"] = cfg.to_dict()
         tracked = getattr(rt, "tracked_counts", None)
         if callable(tracked):
             out["tracked"] = tracked()
