@@ -286,17 +286,6 @@ def test_relevance_threshold_env(
     )
 
 
-def test_no_match_log_prints_threshold(
-    paths: StatePaths, cont: Continuity, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.INFO, logger="token_optimizer"):
-        cont.first_turn("anything at all here", "3c4d5e6f-sid", OTHER)
-    assert any(
-        r.getMessage().startswith("[token-optimizer] ") and "threshold=0.3" in r.getMessage()
-        for r in caplog.records
-    )
-
-
 def test_candidate_cap_is_taken_before_skipping(paths: StatePaths, cont: Continuity) -> None:
     # 50 newer checkpoints of the current session crowd out the older matching one
     for i in range(50):

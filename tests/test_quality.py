@@ -246,3 +246,109 @@ def test_nudge_small_saving_and_no_cost_clause(pricing_available: None) -> None:
 def test_nudge_non_finite_fill_is_ignored() -> None:
     assert q.build_fresh_session_nudge(40, float("inf"), True, "opus") is None
     assert q.build_fresh_session_nudge(40, float("nan"), True, "opus") is None
+
+
+# ---------------------------------------------------------------- aggregate score (5.2 / 5.4)
+
+
+def test_score_quality_no_runs() -> None:
+    rep = q.score_quality([])
+    assert (rep.score, rep.grade, rep.band) == (20, "F", "Poor")
+    assert [s.score for s in rep.signals] == [100, 0, 0, 0, 0, 0, 0]
+    assert len(rep.recommendations) == 6
+    assert rep.distortion_bounds is None
+    assert "distortionBounds" not in rep.to_dict()
+    assert sum(s.weight for s in rep.signals) == pytest.approx(1.0)
+
+
+def _four_runs() -> list[AgentRun]:
+    return [
+        _run(
+            model="sonnet",
+            tokens=TokenBreakdown(input=100_000, output=20_000),
+            message_count=10,
+            outcome="success",
+        ),
+        _run(
+            model="sonnet",
+            tokens=TokenBreakdown(input=100_000, output=20_000),
+            message_count=60,
+            outcome="success",
+        ),
+        _run(
+            model="opus",
+            run_type="heartbeat",
+            tokens=TokenBreakdown(input=50_000, output=10_000),
+            message_count=4,
+            outcome="success",
+        ),
+        _run(
+            model="haiku",
+            run_type="heartbeat",
+            tokens=TokenBreakdown(input=60_000, output=50),
+            message_count=3,
+            outcome="empty",
+        ),
+    ]
+
+
+def test_score_quality_four_run_vector() -> None:
+    rep = q.score_quality(_four_runs(), {"totalOverhead": 30_000})
+    assert (rep.score, rep.grade, rep.band) == (60, "C", "Fair")
+    assert [s.score for s in rep.signals] == [100, 50, 15, 40, 70, 50, 100]
+    assert [s.name for s in rep.signals] == [
+        "Context Fill",
+        "Session Length Risk",
+        "Model Routing",
+        "Empty Run Ratio",
+        "Outcome Health",
+        "Message Efficiency",
+        "Compression Opportunity",
+    ]
+    assert "1M window" in rep.signals[0].description
+    b = rep.distortion_bounds
+    assert b is not None and (b.theoretical_max, b.achieved_score, b.utilization) == (89, 60, 0.674)
+    # recommendations: signals below 70, lowest score first (stable)
+    assert rep.recommendations == [
+        q._RECOMMENDATIONS[n]
+        for n in ("Model Routing", "Empty Run Ratio", "Session Length Risk", "Message Efficiency")
+    ]
+    d = rep.to_dict()
+    assert d["distortionBounds"] == {
+        "theoreticalMax": 89,
+        "achievedScore": 60,
+        "utilization": 0.674,
+        "recommendation": b.recommendation,
+    }
+
+
+def test_overhead_dominates_fill_signal() -> None:
+    runs = _four_runs()
+    # 700K overhead on the dominant 1M window -> eff 0.7 -> 30 points
+    rep = q.score_quality(runs, 700_000)
+    assert rep.signals[0].score == 30
+    assert "70%" in rep.signals[0].description
+
+
+def test_no_heartbeats_routing_85_and_redundancy() -> None:
+    same = [
+        _run(
+            model="sonnet",
+            tokens=TokenBreakdown(input=1000, output=500),
+            message_count=5,
+            outcome="success",
+        )
+    ]
+    rep = q.score_quality(same * 4)
+    routing = rep.signals[2]
+    assert routing.score == 85
+    # four identical fingerprints: redundancy 0.75 -> 20
+    assert rep.signals[6].score == 20
+
+
+def test_distortion_bounds_without_runs_and_fallback_capacity() -> None:
+    b = q.compute_distortion_bounds([], 200_000)
+    assert (b.theoretical_max, b.achieved_score, b.utilization) == (100, 0, 0)
+    # zero messages: capacity falls back to window/1000 = 200 -> floor 1/sqrt(200) -> max round(92.93) = 93
+    b2 = q.compute_distortion_bounds([_run(model="haiku")], 200_000)
+    assert b2.theoretical_max == 93

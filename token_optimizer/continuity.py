@@ -913,7 +913,11 @@ class Continuity:
     # ------------------------------------------------------------ entry point
 
     def first_turn(self, prompt: str, session_id: str, cwd: str) -> ContinuityOutcome:
-        """Continuity decision for a session's first user turn (runtime.md 1.7.5 step 4). Never raises."""
+        """Continuity decision for a session's first user turn (runtime.md 1.7.5 step 4). Never raises.
+
+        The runtime writes the info-level log lines from the returned outcome; this
+        method only logs at debug level, plus a warning when something failed.
+        """
         try:
             text = js_trim(prompt) if isinstance(prompt, str) else ""
             if not text or not session_id:
@@ -921,14 +925,14 @@ class Continuity:
             lean = self.try_build_resume_lean_hint(text, session_id, cwd)
             if lean is not None:
                 block, entry = lean
-                log.info(
+                log.debug(
                     "[token-optimizer] cold-resume-lean block added for session %s", session_id
                 )
                 return ContinuityOutcome(
                     text=block, kind="resume-lean", source=entry.session_dir_name
                 )
             if is_resume_intent(text) and cwd:
-                log.info(
+                log.debug(
                     "[token-optimizer] resume intent in session %s but no same-project checkpoint; "
                     "cross-project hint suppressed",
                     session_id,
@@ -936,7 +940,7 @@ class Continuity:
                 return ContinuityOutcome(text=None, kind="suppressed")
             cand = self.find_best_continuity_checkpoint(text, session_id, cwd)
             if cand is None:
-                log.info(
+                log.debug(
                     "[token-optimizer] no matching prior checkpoint for session %s threshold=%s",
                     session_id,
                     js_number(self.relevance_threshold),
@@ -944,7 +948,7 @@ class Continuity:
                 return ContinuityOutcome(text=None, kind="none")
             hint = build_continuity_hint(cand, text, cwd)
             hinted = extract_hinted_paths(cand.content)
-            log.info(
+            log.debug(
                 "[token-optimizer] cross-session continuity added for session %s score=%s source=%s",
                 session_id,
                 to_fixed(cand.score, 2),

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from token_optimizer.jsutil import js_number, js_round, to_fixed
+from token_optimizer.jsutil import js_number, js_round, to_fixed, utf16_slice
 from token_optimizer.models import AgentRun
 
 log = logging.getLogger("token_optimizer")
@@ -245,16 +245,11 @@ def fresh_session_savings_estimate(
 
 
 def _input_rate(card: Any) -> float:
-    """Per-token input rate from a pricing card (dict or object, per-token or per-million)."""
+    """Per-token input rate from a pricing card (``ModelPricing`` or a mapping)."""
     rate = card.get("input") if isinstance(card, dict) else getattr(card, "input", None)
     if not isinstance(rate, (int, float)) or isinstance(rate, bool):
         return 0.0
-    r = float(rate)
-    # The reference stores per-token rates (USD/1M / 1e6). A value this large can
-    # only be a per-million figure, so convert it.
-    if r >= 0.01:
-        r /= 1e6
-    return r
+    return float(rate)
 
 
 def fresh_session_savings_usd(saved_tokens: float, model: str = "") -> float:
@@ -306,4 +301,333 @@ def build_fresh_session_nudge(
         "Nothing is lost: the active task, key decisions, touched files and tool results are "
         "checkpointed, so a new session can pick up exactly where this one stopped. "
         "To switch, open a new session and ask it to continue; the context is rebuilt at no extra cost."
+    )
+
+
+# ---------------------------------------------------------------- aggregate score (5.2, 5.4)
+
+
+@dataclass
+class QualitySignal:
+    name: str
+    weight: float
+    score: int
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weight": self.weight,
+            "score": self.score,
+            "description": self.description,
+        }
+
+
+@dataclass
+class DistortionBounds:
+    theoretical_max: int
+    achieved_score: int
+    utilization: float
+    recommendation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "theoreticalMax": self.theoretical_max,
+            "achievedScore": self.achieved_score,
+            "utilization": self.utilization,
+            "recommendation": self.recommendation,
+        }
+
+
+@dataclass
+class QualityReport:
+    score: int
+    grade: str
+    band: str
+    signals: list[QualitySignal]
+    recommendations: list[str]
+    distortion_bounds: DistortionBounds | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape of the reference's ``QualityReport`` (``distortionBounds`` omitted when absent)."""
+        out: dict[str, Any] = {
+            "score": self.score,
+            "grade": self.grade,
+            "band": self.band,
+            "signals": [s.to_dict() for s in self.signals],
+            "recommendations": list(self.recommendations),
+        }
+        if self.distortion_bounds is not None:
+            out["distortionBounds"] = self.distortion_bounds.to_dict()
+        return out
+
+
+_NO_DATA = "Not enough data yet: run a few sessions first."
+
+_RECOMMENDATIONS: dict[str, str] = {
+    "Context Fill": "Trim always-loaded context; `npx token-optimizer context` shows which components are bloated.",
+    "Session Length Risk": "Turn on Smart Compaction so session state survives compaction.",
+    "Model Routing": "Send heartbeat and cron work to Haiku or a flash-tier model; keep the heavy models for manual work.",
+    "Empty Run Ratio": "Give heartbeat scripts an early exit so they skip runs with no pending work.",
+    "Outcome Health": "Look into failed and abandoned sessions; frequent abandonment can mean too much startup overhead.",
+    "Message Efficiency": "Output is small next to input; trim system prompts and cut context overhead.",
+    "Compression Opportunity": "Many runs look alike; cache repeated prompts or deduplicate shared system instructions.",
+}
+
+
+def _window_label(window: int) -> str:
+    if window >= 1_000_000:
+        return js_number(window / 1e6) + "M"
+    return js_number(window / 1000) + "K"
+
+
+def _pct(count: int, total: int) -> float:
+    return count / total * 100
+
+
+def _total_overhead(context_audit: Any) -> float | None:
+    if context_audit is None:
+        return None
+    if isinstance(context_audit, (int, float)) and not isinstance(context_audit, bool):
+        return float(context_audit)
+    if isinstance(context_audit, dict):
+        v = context_audit.get("totalOverhead", context_audit.get("total_overhead"))
+    else:
+        v = getattr(context_audit, "total_overhead", getattr(context_audit, "totalOverhead", None))
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
+
+
+def _dominant_model(runs: list[AgentRun]) -> str:
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.model] = counts.get(r.model, 0) + 1
+    best, best_n = runs[0].model, 0
+    for model, n in counts.items():  # insertion order: the first-seen model wins ties
+        if n > best_n:
+            best, best_n = model, n
+    return best
+
+
+def _fingerprint(run: AgentRun) -> str:
+    tools = ",".join(sorted(run.tools_used, key=lambda t: t.encode("utf-16-be")))
+    fp = "|".join(
+        [run.agent_name, run.model, run.run_type, tools, "msgs:" + js_number(run.message_count)]
+    )
+    return utf16_slice(fp, 100)
+
+
+def _compute_signals(runs: list[AgentRun], context_audit: Any = None) -> list[QualitySignal]:
+    n = len(runs)
+    sigs: list[QualitySignal] = []
+
+    # S1 context fill
+    avg_fill = (
+        sum(r.tokens.input / context_window_for_model(r.model) for r in runs) / n if n else 0.0
+    )
+    dominant_window = (
+        context_window_for_model(_dominant_model(runs)) if n else DEFAULT_CONTEXT_WINDOW
+    )
+    overhead_tokens = _total_overhead(context_audit)
+    overhead = overhead_tokens / dominant_window if overhead_tokens is not None else 0.0
+    eff = max(avg_fill, overhead)
+    s1 = 100 if eff < 0.2 else 80 if eff < 0.4 else 60 if eff < 0.6 else 30 if eff < 0.8 else 10
+    verdict = (
+        "plenty of headroom left."
+        if s1 >= 70
+        else "consider compacting sooner or trimming overhead."
+    )
+    sigs.append(
+        QualitySignal(
+            "Context Fill",
+            0.20,
+            s1,
+            f"Context is on average {to_fixed(eff * 100, 0)}% full of the {_window_label(dominant_window)} window; {verdict}",
+        )
+    )
+
+    if not n:
+        for name, weight in (
+            ("Session Length Risk", 0.16),
+            ("Model Routing", 0.16),
+            ("Empty Run Ratio", 0.16),
+            ("Outcome Health", 0.12),
+            ("Message Efficiency", 0.10),
+            ("Compression Opportunity", 0.10),
+        ):
+            sigs.append(QualitySignal(name, weight, 0, _NO_DATA))
+        return sigs
+
+    # S2 session length
+    long_pct = _pct(sum(1 for r in runs if r.message_count > 50), n)
+    s2 = 100 if long_pct < 5 else 75 if long_pct < 15 else 50 if long_pct < 30 else 20
+    avg_msgs = sum(r.message_count for r in runs) / n
+    verdict = "sessions stay a manageable length." if s2 >= 70 else "auto-compaction would help."
+    sigs.append(
+        QualitySignal(
+            "Session Length Risk",
+            0.16,
+            s2,
+            f"{to_fixed(long_pct, 0)}% of sessions run past 50 messages (average {to_fixed(avg_msgs, 0)}); {verdict}",
+        )
+    )
+
+    # S3 model routing
+    from token_optimizer.pricing import EXPENSIVE_MODELS  # type: ignore[import-not-found, unused-ignore]
+
+    beats = [r for r in runs if r.run_type in ("heartbeat", "cron")]
+    if not beats:
+        sigs.append(
+            QualitySignal(
+                "Model Routing",
+                0.16,
+                85,
+                "No heartbeat or cron runs found; manual runs are not scored for routing.",
+            )
+        )
+    else:
+        mis = _pct(sum(1 for r in beats if r.model in EXPENSIVE_MODELS), len(beats))
+        s3 = 100 if mis == 0 else 80 if mis < 10 else 50 if mis < 30 else 15
+        verdict = (
+            "routing looks right." if s3 >= 70 else "route cron/heartbeat work to Haiku or similar."
+        )
+        sigs.append(
+            QualitySignal(
+                "Model Routing",
+                0.16,
+                s3,
+                f"{to_fixed(mis, 0)}% of heartbeat runs use an expensive model; {verdict}",
+            )
+        )
+
+    # S4 empty runs
+    def _is_empty(r: AgentRun) -> bool:
+        return r.outcome == "empty" or (
+            r.tokens.total > 5000 and r.tokens.output < 100 and r.message_count <= 4
+        )
+
+    empty_pct = _pct(sum(1 for r in runs if _is_empty(r)), n)
+    s4 = 100 if empty_pct < 5 else 70 if empty_pct < 15 else 40 if empty_pct < 30 else 10
+    verdict = "usage is efficient." if s4 >= 70 else "guard conditions could skip idle runs."
+    sigs.append(
+        QualitySignal(
+            "Empty Run Ratio",
+            0.16,
+            s4,
+            f"{to_fixed(empty_pct, 0)}% of runs loaded context but produced nothing; {verdict}",
+        )
+    )
+
+    # S5 outcomes
+    success_pct = _pct(sum(1 for r in runs if r.outcome == "success"), n)
+    failures = sum(1 for r in runs if r.outcome == "failure")
+    abandoned = sum(1 for r in runs if r.outcome == "abandoned")
+    s5 = 100 if success_pct > 80 else 70 if success_pct > 60 else 40 if success_pct > 40 else 15
+    verdict = "outcomes look healthy." if s5 >= 70 else "the failure/abandon rate deserves a look."
+    sigs.append(
+        QualitySignal(
+            "Outcome Health",
+            0.12,
+            s5,
+            f"Success rate {to_fixed(success_pct, 0)}% ({failures} failures, {abandoned} abandoned); {verdict}",
+        )
+    )
+
+    # S6 message efficiency
+    def _ratio(r: AgentRun) -> float:
+        denom = r.tokens.input + r.tokens.output
+        return r.tokens.output / denom if denom else 0.0
+
+    avg_ratio = sum(_ratio(r) for r in runs) / n
+    s6 = 100 if avg_ratio > 0.3 else 80 if avg_ratio > 0.2 else 50 if avg_ratio > 0.1 else 20
+    verdict = (
+        "output efficiency is good."
+        if s6 >= 70
+        else "input far outweighs output; trim system prompts."
+    )
+    sigs.append(
+        QualitySignal(
+            "Message Efficiency",
+            0.10,
+            s6,
+            f"Output is {to_fixed(avg_ratio * 100, 1)}% of tokens on average; {verdict}",
+        )
+    )
+
+    # S7 redundancy
+    redundancy = 1 - len({_fingerprint(r) for r in runs}) / n
+    s7 = 100 if redundancy < 0.05 else 80 if redundancy < 0.15 else 50 if redundancy < 0.3 else 20
+    verdict = (
+        "inputs are diverse."
+        if s7 >= 70
+        else "prompts repeat; caching or deduplication would help."
+    )
+    sigs.append(
+        QualitySignal(
+            "Compression Opportunity",
+            0.10,
+            s7,
+            f"{to_fixed(redundancy * 100, 0)}% of runs share a near-identical profile; {verdict}",
+        )
+    )
+    return sigs
+
+
+def _weighted(signals: list[QualitySignal]) -> float:
+    total_w = sum(s.weight for s in signals)
+    if abs(total_w - 1) > 0.001:
+        log.warning("[token-optimizer] quality weights sum to %s; normalising", js_number(total_w))
+        return sum(s.score * (s.weight / total_w) for s in signals)
+    acc = 0.0
+    for s in signals:
+        acc += s.score * s.weight
+    return acc
+
+
+def compute_distortion_bounds(
+    runs: list[AgentRun], window: int, signals: list[QualitySignal] | None = None
+) -> DistortionBounds:
+    """How close the achieved score is to the best a session of this shape can reach (5.4)."""
+    if not runs:
+        return DistortionBounds(
+            100, 0, 0, "No data yet: run some sessions to establish quality bounds."
+        )
+    avg_msg_tok = sum(
+        (r.tokens.total / r.message_count if r.message_count > 0 else 0) for r in runs
+    ) / len(runs)
+    capacity = window / avg_msg_tok if avg_msg_tok > 0 else window / 1000
+    floor = 1 / math.sqrt(max(1.0, capacity))
+    theoretical_max = js_round(100 * (1 - floor))
+    sigs = signals if signals is not None else _compute_signals(runs)
+    achieved = js_round(_clamp(_weighted(sigs), 0, 100))
+    u = achieved / theoretical_max if theoretical_max > 0 else 0.0
+    if u > 0.85:
+        rec = "Close to the practical ceiling; further gains need structural changes such as a model upgrade or a new architecture."
+    elif u > 0.7:
+        rec = "Good use of the available headroom; targeted prompt work and caching can close the rest."
+    elif u >= 0.5:
+        rec = "Moderate headroom: cut empty runs, enable compaction and tune model routing."
+    else:
+        rec = "Lots of headroom: start with the lowest-scoring quality signals."
+    return DistortionBounds(theoretical_max, achieved, js_round(u * 1000) / 1000, rec)
+
+
+def score_quality(runs: list[AgentRun], context_audit: Any = None) -> QualityReport:
+    """Seven-signal aggregate quality report over many runs (analysis.md 5.2).
+
+    ``context_audit`` may be the audit result (mapping with ``totalOverhead`` or an
+    object with ``total_overhead``) or the overhead token count itself.
+    """
+    runs = list(runs)
+    signals = _compute_signals(runs, context_audit)
+    score = js_round(_clamp(_weighted(signals), 0, 100))
+    recs = [
+        _RECOMMENDATIONS[s.name] for s in sorted(signals, key=lambda s: s.score) if s.score < 70
+    ]
+    bounds = None
+    if runs:
+        bounds = compute_distortion_bounds(
+            runs, context_window_for_model(_dominant_model(runs)), signals
+        )
+    return QualityReport(
+        score, score_to_grade(score), band_from_score(score), signals, recs, bounds
     )
