@@ -38,6 +38,7 @@ import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -334,13 +335,29 @@ class CheckpointPolicy:
             return None
         return SessionCheckpointState.from_json(doc)
 
-    def _persist_locked(self, key: str, st: SessionCheckpointState) -> None:
+    def _session_dir_for_write(self, key: str) -> Path:
+        """The session directory, created 0700 when missing; symlinks refused.
+
+        The root is checked before anything is created below it, so a symlinked
+        root can never make us create a directory elsewhere.
+        """
         root = self.paths.checkpoints
+        sdir = root / key
+        try:
+            # fast path: both already real directories (a key has no separators,
+            # so a real sdir directly inside a real root cannot escape it)
+            if stat.S_ISDIR(os.lstat(sdir).st_mode) and stat.S_ISDIR(os.lstat(root).st_mode):
+                return sdir
+        except FileNotFoundError:
+            pass
+        fsutil.ensure_dir(root, base=root)
+        return fsutil.ensure_dir(sdir, base=root)
+
+    def _persist_locked(self, key: str, st: SessionCheckpointState) -> None:
         data = jsutil.dumps_pretty(st.to_json())
         for attempt in (1, 2):
             try:
-                fsutil.ensure_dir(root, base=root)
-                sdir = fsutil.ensure_dir(root / key, base=root)
+                sdir = self._session_dir_for_write(key)
                 fsutil.atomic_write(sdir / STATE_FILENAME, data, durable=self.settings.durable)
                 return
             except FileNotFoundError:
@@ -680,7 +697,8 @@ class CheckpointPolicy:
         root = self._resolved_root()
         if root is None:
             return 0
-        cutoff = now - max_age_days * _DAY_MS
+        # compare in exact nanoseconds: float ms lose precision at epoch scale
+        cutoff_ns = Fraction(now - max_age_days * _DAY_MS) * 1_000_000
         try:
             names = os.listdir(root)
         except OSError as exc:
@@ -701,7 +719,7 @@ class CheckpointPolicy:
                     if not fsutil.safe_file(fp, sdir):
                         continue
                     try:
-                        if os.lstat(fp).st_mtime_ns / 1e6 < cutoff:
+                        if os.lstat(fp).st_mtime_ns < cutoff_ns:
                             os.unlink(fp)
                             removed += 1
                     except OSError:
