@@ -654,16 +654,19 @@ class IncrementalTranscript:
 
     def __init__(self, path: str | os.PathLike[str], agent_name: str,
                  openclaw_dir: str | os.PathLike[str] | None = None, *,
-                 message_sink: Callable[[Message], None] | None = None) -> None:
+                 ring_size: int = 0) -> None:
         self.path = Path(path)
         self.agent_name = agent_name
         self.openclaw_dir = openclaw_dir
-        self.message_sink = message_sink
+        self.ring_size = max(0, int(ring_size))
         self.resets = 0
         self._init_state()
 
     def _init_state(self) -> None:
         self.acc = RunAccumulator(self.openclaw_dir)
+        self.recent: deque[Message] = deque(maxlen=self.ring_size or 1)
+        """The last ``ring_size`` user/assistant messages of consumed lines."""
+        self._sink: Callable[[Message], None] | None = self.recent.append if self.ring_size else None
         self.view: RunAccumulator = self.acc
         """The accumulator behind the latest figures (a copy when a partial line was tried)."""
         self.offset = 0
@@ -700,6 +703,11 @@ class IncrementalTranscript:
         self._available = True
         return self.current()
 
+    @property
+    def available(self) -> bool:
+        """True when the last :meth:`update` could read the file."""
+        return self._available
+
     def _head_matches(self, fh: Any) -> bool:
         if not self._head:
             return True
@@ -711,7 +719,7 @@ class IncrementalTranscript:
         if nl >= 0:
             complete = data[: nl + 1]
             for line in complete.split(b"\n")[:-1]:
-                self.acc.feed_line(line, message_sink=self.message_sink)
+                self.acc.feed_line(line, message_sink=self._sink)
             if len(self._head) < _HEAD_BYTES:
                 self._head = (self._head + complete)[:_HEAD_BYTES]
             self.offset += len(complete)
