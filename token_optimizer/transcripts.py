@@ -648,8 +648,8 @@ class IncrementalTranscript:
     complete lines to the accumulator. A last line without its newline is not
     consumed (it is re-read when more bytes arrive) but is tried on a copy, so
     the figures always equal a full :func:`parse_session` of the file as it is.
-    A file that shrank, was replaced (new inode) or whose first bytes changed
-    is read again from the start.
+    A file that shrank, was replaced (new inode) or whose first bytes or bytes
+    just before the offset changed is read again from the start.
     """
 
     def __init__(self, path: str | os.PathLike[str], agent_name: str,
@@ -672,6 +672,7 @@ class IncrementalTranscript:
         self.offset = 0
         self._ident: tuple[int, int] | None = None
         self._head = b""
+        self._edge = b""
         self._available = False
 
     def reset(self) -> None:
@@ -709,10 +710,12 @@ class IncrementalTranscript:
         return self._available
 
     def _head_matches(self, fh: Any) -> bool:
-        if not self._head:
-            return True
-        fh.seek(0)
-        return bool(fh.read(len(self._head)) == self._head)
+        """The first bytes and the bytes just before the offset are still what was read."""
+        fd = fh.fileno()
+        if self._head and os.pread(fd, len(self._head), 0) != self._head:
+            return False
+        edge = self._edge
+        return not edge or os.pread(fd, len(edge), self.offset - len(edge)) == edge
 
     def _consume(self, data: bytes) -> None:
         nl = data.rfind(b"\n")
@@ -722,6 +725,7 @@ class IncrementalTranscript:
                 self.acc.feed_line(line, message_sink=self._sink)
             if len(self._head) < _HEAD_BYTES:
                 self._head = (self._head + complete)[:_HEAD_BYTES]
+            self._edge = (self._edge + complete)[-_HEAD_BYTES:]
             self.offset += len(complete)
             tail = data[nl + 1:]
         else:
