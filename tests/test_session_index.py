@@ -420,6 +420,42 @@ def test_prune_refuses_symlinked_read_cache_dir(paths: StatePaths, tmp_path: Pat
     assert (outside / "default-victim.json").exists()
 
 
+def test_file_removal_runs_outside_the_lock_and_spares_revived_ids(
+    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_index(
+        paths,
+        {
+            "k1": entry("first", created=T0 - 200 * DAY, updated=T0 - 200 * DAY),
+            "k2": entry("second", created=T0 - 200 * DAY, updated=T0 - 200 * DAY),
+        },
+    )
+    for sid in ("first", "second"):
+        (paths.checkpoints / sid).mkdir(parents=True)
+        (paths.checkpoints / sid / "a.md").write_text("x")
+    idx = make(paths)
+    real = si.remove_tree_safely  # type: ignore[attr-defined]
+    calls: list[str] = []
+
+    def removing(path: Path, root: Path) -> int:
+        calls.append(path.name)
+        if len(calls) == 1:
+            # another thread brings "second" back while "first" is being removed;
+            # it must not block on the index lock
+            t = threading.Thread(target=idx.touch, args=("k2-new", "second"))
+            t.start()
+            t.join(timeout=5)
+            assert not t.is_alive()
+        return int(real(path, root))
+
+    monkeypatch.setattr(si, "remove_tree_safely", removing)
+    assert idx.prune_old_entries(90) == 2
+    assert calls == ["first"]
+    assert not (paths.checkpoints / "first").exists()
+    assert (paths.checkpoints / "second" / "a.md").exists()
+    assert set(on_disk(paths)) == {README_KEY, "k2-new"}
+
+
 # ---------------------------------------------------------------- scheduling
 
 

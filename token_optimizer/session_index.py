@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
+import re
 import stat
 import threading
 import time
@@ -60,7 +62,6 @@ from token_optimizer.fsutil import (
     remove_tree_safely,
     resolve_paths,
     safe_dir,
-    safe_file,
     sanitize_checkpoint_id,
     sanitize_removing,
 )
@@ -104,8 +105,32 @@ def _parse_ts(value: object) -> float:
     return dt.timestamp()
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_second(sec: int) -> str:
+    return iso_from_ms(sec * 1000.0)[:-5]  # "YYYY-MM-DDTHH:MM:SS"
+
+
 def _iso(seconds: float) -> str:
-    return iso_from_ms(seconds * 1000.0)
+    """``Date.prototype.toISOString`` of epoch seconds (the second's prefix is memoised:
+    the entries touched between two flushes share a handful of seconds)."""
+    ms = math.floor(seconds * 1000.0)
+    sec, milli = divmod(ms, 1000)
+    return f"{_iso_second(sec)}.{milli:03d}Z"
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def _ck_name(session_id: str) -> str:
+    """:func:`sanitize_checkpoint_id` with a fast path for ids that are already safe."""
+    return session_id if _SAFE_NAME.fullmatch(session_id) else sanitize_checkpoint_id(session_id)
+
+
+def _rc_name(session_id: str) -> str:
+    """:func:`sanitize_removing` (empty -> ``unknown``) with the same fast path."""
+    if _SAFE_NAME.fullmatch(session_id):
+        return session_id
+    return sanitize_removing(session_id, "unknown")
 
 
 class _Entry:
@@ -226,6 +251,8 @@ class SessionIndex:
         self._last_flush = clock()
         self._last_prune: float | None = None
         self._corrupt_file = False  # the file on disk could not be parsed; back it up once
+        self._cleanups = 0  # per-session file removals in progress (outside the lock)
+        self._revived: list[str] = []  # ids (re)introduced while a removal is in progress
         self.flush_count = 0
         """Number of successful index writes (for tests and the benchmark)."""
         self._load()
@@ -421,6 +448,7 @@ class SessionIndex:
             if pending is None or pending.session_id != sid:
                 pending = _Entry(sid, _iso(now), now, platform=platform, agent=agent)
                 self._pending.set(key, pending)
+                self._note_id_locked(sid)
             else:
                 if platform is not None:
                     pending.platform = platform
@@ -442,6 +470,7 @@ class SessionIndex:
                 agent=agent or (pending.agent if pending is not None else None),
             )
             self._entries[key] = entry
+            self._note_id_locked(sid)
             self._urgent = True
         elif entry.session_id != sid:
             # A new conversation under the same lane: it starts unsuspended
@@ -456,6 +485,7 @@ class SessionIndex:
             if agent is not None:
                 entry.agent = agent
             entry.changed()
+            self._note_id_locked(sid)
             self._urgent = True
         else:
             entry.updated_s = now
@@ -468,6 +498,10 @@ class SessionIndex:
         self._dirty = True
         self._maybe_flush_locked(now)
         return previous
+
+    def _note_id_locked(self, session_id: str) -> None:
+        if self._cleanups:
+            self._revived.append(session_id)
 
     def set_suspended(self, session_key: str, suspended: bool) -> None:
         """Mark an entry suspended (never pruned) or resumed. Persisted at once when it changes."""
@@ -629,10 +663,18 @@ class SessionIndex:
             self._try_write_locked(self._clock(), "prune")
             live_ids = [e.session_id for e in self._entries.values()]
             live_ids += [e.session_id for _, e in self._pending.items()]
-            try:
-                self._remove_session_state(removed, live_ids)
-            except Exception as ex:
-                log.debug("[token-optimizer] session index: per-session cleanup failed: %s", ex)
+            self._cleanups += 1
+        # File removal runs outside the lock so messages are not held up by
+        # disk work; ids that come back meanwhile are reported via _revived.
+        try:
+            self._remove_session_state(removed, live_ids)
+        except Exception as ex:
+            log.debug("[token-optimizer] session index: per-session cleanup failed: %s", ex)
+        finally:
+            with self._lock:
+                self._cleanups -= 1
+                if not self._cleanups:
+                    self._revived.clear()
         log.info(
             "[token-optimizer] session index: pruned %d entries idle > %g days", len(removed), days
         )
@@ -651,13 +693,14 @@ class SessionIndex:
                 t = self._clock() if now is None else now
                 last = self._last_prune
                 due = last is None or t - last >= PRUNE_INTERVAL_S or t < last
-                if not due:
+                if due:
+                    self._last_prune = t
+                else:
                     self._maybe_flush_locked(self._clock())
                     return None
-                self._last_prune = t
-                n = self.prune_old_entries(max_age_days, now=t)
-                self._maybe_flush_locked(self._clock())
-                return n
+            n = self.prune_old_entries(max_age_days, now=t)
+            self.tick()
+            return n
         except Exception as e:
             log.warning("[token-optimizer] session index maybe_prune failed: %s", e)
             return None
@@ -669,18 +712,19 @@ class SessionIndex:
     ) -> None:
         """Delete checkpoints, read-cache, decisions and hint files of removed sessions.
 
-        A file name shared with a session still in the index (two ids can
-        sanitise to the same name) is left alone. Names are matched against a
-        single directory listing; every removal re-checks that the target is a
-        real file or directory inside its parent, never following symlinks.
+        Safety: each parent directory must pass :func:`safe_dir` (a real
+        directory inside the root). Checkpoint directories go through
+        :func:`remove_tree_safely`. Single files are handled relative to an
+        ``O_NOFOLLOW`` descriptor of their verified parent: a one-component
+        name is ``lstat``-ed (must be a regular file) and unlinked, so no
+        symlink is ever followed and nothing outside the parent is reachable
+        (the same guarantee as :func:`safe_file`, without two ``realpath``
+        walks per file). A name still owned by a live session (two ids can
+        sanitise to the same name) is left alone.
         """
         root = self.paths.root
         if not safe_dir(root, root.parent):
             return
-        live = list(live_ids)
-        live_ck = {sanitize_checkpoint_id(s) for s in live}
-        live_rc = {sanitize_removing(s, "unknown") for s in live}
-
         ck_root = self.paths.checkpoints
         ck_names = _names_in(ck_root) if safe_dir(ck_root, root) else set()
         rc_root = self.paths.read_cache
@@ -688,37 +732,115 @@ class SessionIndex:
         rc_names = _names_in(rc_root) if rc_ok else set()
         dec_root = self.paths.decisions
         dec_names = _names_in(dec_root) if rc_ok and safe_dir(dec_root, rc_root) else set()
+        if not (ck_names or rc_names or dec_names):
+            return
 
+        # Read-cache ids that own at least one file: "<agent>-<id>.json" can only
+        # belong to an id equal to a dash-separated suffix of the stem.
+        rc_ids: set[str] = set()
+        for name in rc_names:
+            if name.endswith(".json"):
+                stem = name[:-5]
+                i = stem.find("-")
+                while i >= 0:
+                    rc_ids.add(stem[i + 1 :])
+                    i = stem.find("-", i + 1)
+        dec_ids = {n[:-6] for n in dec_names if n.endswith(".jsonl")}
+
+        # Pass 1 (names only, no syscalls): which removed sessions own something?
+        hits: list[tuple[str, str, list[str], list[str]]] = []  # ck, rc, rc files, dec files
         for key, e in removed:
-            sid = e.session_id
             try:
-                ck = sanitize_checkpoint_id(sid)
-                if ck in ck_names and ck not in live_ck and ck != "invalid-session":
-                    try:
-                        remove_tree_safely(ck_root / ck, ck_root)
-                    except UnsafePathError as ex:
-                        log.debug("[token-optimizer] session index: kept %s: %s", ck_root / ck, ex)
-                rc = sanitize_removing(sid, "unknown")
-                if rc in live_rc or rc == "unknown":
-                    continue
-                agents = {a for a in (e.agent, _agent_from_key(key), "default") if a}
-                files: list[tuple[Path, Path]] = []
-                for a in agents:
-                    name = f"{sanitize_removing(a, 'default')}-{rc}.json"
-                    if name in rc_names:
-                        files.append((rc_root / name, rc_root))
-                hint = f"hint-serves-{rc}.json"
-                if hint in rc_names:
-                    files.append((rc_root / hint, rc_root))
-                dec = f"{rc}.jsonl"
-                if dec in dec_names:
-                    files.append((dec_root / dec, dec_root))
-                for p, parent in files:
-                    if safe_file(p, parent):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(p)
+                sid = e.session_id
+                ck = _ck_name(sid)
+                if ck not in ck_names or ck == "invalid-session":
+                    ck = ""
+                rc = _rc_name(sid)
+                rc_files: list[str] = []
+                dec_files: list[str] = []
+                if rc != "unknown" and rc in rc_ids:
+                    agents = {_agent_name(a) for a in (e.agent, _agent_from_key(key)) if a}
+                    agents.add("default")
+                    agents.add("hint-serves")
+                    rc_files = [f"{a}-{rc}.json" for a in agents if f"{a}-{rc}.json" in rc_names]
+                if rc != "unknown" and rc in dec_ids:
+                    dec_files.append(f"{rc}.jsonl")
+                if ck or rc_files or dec_files:
+                    hits.append((ck, rc, rc_files, dec_files))
             except Exception as ex:
                 log.debug("[token-optimizer] session index: cleanup of %r failed: %s", key, ex)
+        if not hits:
+            return
+
+        # Pass 2: never touch a name still owned by a live session (including
+        # ids that came back while this removal runs).
+        live_ck = {_ck_name(s) for s in live_ids}
+        live_rc = {_rc_name(s) for s in live_ids}
+        seen_revived = 0
+        with (
+            _DirFd(rc_root if rc_names else None) as rc_fd,
+            _DirFd(dec_root if dec_names else None) as dec_fd,
+        ):
+            for ck, rc, rc_files, dec_files in hits:
+                try:
+                    with self._lock:
+                        fresh = self._revived[seen_revived:]
+                    if fresh:
+                        seen_revived += len(fresh)
+                        live_ck.update(_ck_name(s) for s in fresh)
+                        live_rc.update(_rc_name(s) for s in fresh)
+                    if ck and ck not in live_ck:
+                        try:
+                            remove_tree_safely(ck_root / ck, ck_root)
+                        except UnsafePathError as ex:
+                            log.debug("[token-optimizer] session index: kept %s: %s", ck, ex)
+                    if rc in live_rc:
+                        continue
+                    for fd, names in ((rc_fd, rc_files), (dec_fd, dec_files)):
+                        for name in names:
+                            _unlink_regular(fd, name)
+                except Exception as ex:
+                    log.debug("[token-optimizer] session index: cleanup of %s failed: %s", rc, ex)
+
+
+class _DirFd:
+    """``O_DIRECTORY | O_NOFOLLOW`` descriptor of a verified directory (``None`` when unavailable)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> int | None:
+        if self.path is not None and os.open in os.supports_dir_fd:
+            flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                self.fd = os.open(self.path, flags)
+            except OSError as e:
+                log.debug("[token-optimizer] session index: cannot open %s: %s", self.path, e)
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _unlink_regular(dir_fd: int | None, name: str) -> None:
+    """Unlink ``name`` inside ``dir_fd`` if it is a regular file (never a symlink or directory)."""
+    if dir_fd is None or not name or "/" in name or name in (".", ".."):
+        return
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+@functools.lru_cache(maxsize=256)
+def _agent_name(agent: str) -> str:
+    return sanitize_removing(agent, "default")
 
 
 # ---------------------------------------------------------------- operator CLI
@@ -728,7 +850,7 @@ def _session_disk_bytes(paths: StatePaths, key: str, entry: dict[str, Any]) -> i
     """Bytes of per-session state under the root (no symlink is followed)."""
     sid = str(entry.get("session_id", ""))
     total = 0
-    ck = paths.checkpoints / sanitize_checkpoint_id(sid)
+    ck = paths.checkpoints / _ck_name(sid)
     if safe_dir(ck, paths.root):
         for dirpath, _dirs, files in os.walk(ck, followlinks=False):
             for f in files:
@@ -736,10 +858,10 @@ def _session_disk_bytes(paths: StatePaths, key: str, entry: dict[str, Any]) -> i
                     st = os.lstat(os.path.join(dirpath, f))
                     if stat.S_ISREG(st.st_mode):
                         total += st.st_size
-    rc = sanitize_removing(sid, "unknown")
+    rc = _rc_name(sid)
     agent = entry.get("agent")
     names = {
-        f"{sanitize_removing(a, 'default')}-{rc}.json"
+        f"{_agent_name(a)}-{rc}.json"
         for a in (agent, _agent_from_key(key), "default")
         if isinstance(a, str) and a
     }
