@@ -83,7 +83,7 @@ async function waitFor(pred, ms = 5000) {
 const SK = "agent:main:explicit:drv-1";
 const SID = "drv-1";
 const ctxBase = { sessionKey: SK, sessionId: SID, agentId: "main", runId: "run-1" };
-const hostCtx = { ...ctxBase, abortSignal: new AbortController().signal, getCron: () => null, config: { huge: true }, toolAuthority: { x: 1 }, hookInvocation: { id: 1 } };
+const hostCtx = { ...ctxBase, trigger: "user", abortSignal: new AbortController().signal, getCron: () => null, config: { huge: true }, toolAuthority: { x: 1 }, hookInvocation: { id: 1 } };
 
 const result = { scenario };
 
