@@ -356,19 +356,24 @@ def test_prune_removes_per_session_state(paths: StatePaths) -> None:
         paths,
         {
             "agent:main:telegram:dm:1": entry(
-                "sess:old/1", created=T0 - 200 * DAY, updated=T0 - 200 * DAY, agent="ops"
+                "sess:old/1",
+                created=T0 - 200 * DAY,
+                updated=T0 - 200 * DAY,
+                agent="ops",
+                platform="plat",
             ),
             "agent:main:telegram:dm:2": entry("sess-live", created=T0, updated=T0),
         },
     )
     dead = seed_session_files(paths, "sess:old/1", agent="ops")
     dead_keyagent = seed_session_files(paths, "sess:old/1", agent="main")  # agent from key
+    dead_platform = seed_session_files(paths, "sess:old/1", agent="plat")  # runtime passes it
     live = seed_session_files(paths, "sess-live", agent="main")
     other = paths.read_cache / "main-somethingelse.json"
     other.write_text("{}")
     idx = make(paths)
     assert idx.prune_old_entries(90) == 1
-    for p in dead + dead_keyagent:
+    for p in dead + dead_keyagent + dead_platform:
         assert not p.exists(), p
     for p in [*live, other]:
         assert p.exists(), p

@@ -759,7 +759,9 @@ class SessionIndex:
                 rc_files: list[str] = []
                 dec_files: list[str] = []
                 if rc != "unknown" and rc in rc_ids:
-                    agents = {_agent_name(a) for a in (e.agent, _agent_from_key(key)) if a}
+                    agents = {
+                        _agent_name(a) for a in (e.agent, e.platform, _agent_from_key(key)) if a
+                    }
                     agents.add("default")
                     agents.add("hint-serves")
                     rc_files = [f"{a}-{rc}.json" for a in agents if f"{a}-{rc}.json" in rc_names]
@@ -859,10 +861,9 @@ def _session_disk_bytes(paths: StatePaths, key: str, entry: dict[str, Any]) -> i
                     if stat.S_ISREG(st.st_mode):
                         total += st.st_size
     rc = _rc_name(sid)
-    agent = entry.get("agent")
     names = {
         f"{_agent_name(a)}-{rc}.json"
-        for a in (agent, _agent_from_key(key), "default")
+        for a in (entry.get("agent"), entry.get("platform"), _agent_from_key(key), "default")
         if isinstance(a, str) and a
     }
     candidates = [paths.read_cache / n for n in names]
