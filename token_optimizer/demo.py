@@ -199,11 +199,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.home:
         home = Path(args.home)
         home.mkdir(parents=True, exist_ok=True)
-        workspace = Path(tempfile.mkdtemp(prefix="token-optimizer-demo-ws-"))
+        workspace = Path(tempfile.mkdtemp(prefix="token-optimizer-demo-")) / "payments-service"
         report = run_demo(home, workspace)
     else:
         with tempfile.TemporaryDirectory(prefix="token-optimizer-demo-") as tmp:
-            report = run_demo(Path(tmp) / "state", Path(tmp) / "workspace")
+            report = run_demo(Path(tmp) / "state", Path(tmp) / "payments-service")
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

@@ -81,6 +81,9 @@ class _EventContext:
     model: str
     event_kind: str
     tool_name: str | None = None
+    has_usage: bool = True
+    """False while no model call has reported tokens: fill and quality are then
+    placeholders (the reference's "zero input tokens" case) and drive no decision."""
 
 
 @dataclass
@@ -121,8 +124,8 @@ class TokenOptimizer:
         self.policy = CheckpointPolicy(self.paths, self.settings)
         self.store = CheckpointStore(self.paths, self.policy)
         self.ledger = Ledger()
-        self.read_cache = ReadCache(self.paths, cwd=self._cwd)
         self.telemetry = Telemetry(self.paths)
+        self.read_cache = ReadCache(self.paths, cwd=self._cwd, telemetry=self.telemetry)
         self.continuity = Continuity(self.paths, log_savings=self.telemetry.log_savings_event)
         self.index = SessionIndex(self.paths, active_work=active_work,
                                   pending_restore=self.has_pending_restore)
@@ -211,11 +214,8 @@ class TokenOptimizer:
         snap = self._ledger_snapshot(session_id, agent_id)
         if snap is None:
             return None
-        if snap.run.tokens.input == 0 and snap.fill_pct == 0:
-            self._log("debug", f"session {session_id} has no token usage yet; quality uses "
-                               "the empty-context default")
         return _EventContext(session_id, snap.fill_pct, snap.quality_score, snap.context_window,
-                             snap.model, event_kind, tool_name)
+                             snap.model, event_kind, tool_name, snap.run.tokens.total > 0)
 
     def _capture_decision(self, decision: Decision | None, ctx: _EventContext | None) -> None:
         if decision is None or ctx is None:
@@ -238,6 +238,10 @@ class TokenOptimizer:
             return
         ctx = precomputed or self._event_context(session_id, agent_id, event_kind)
         if ctx is None:
+            return
+        if not ctx.has_usage:
+            self._log("debug", f"session {session_id} has no token usage yet; "
+                               "snapshot checkpoints wait for the first model call")
             return
         self.policy.mark_evaluated(session_id)
         decision = self.policy.decide_snapshot(
@@ -569,7 +573,7 @@ class TokenOptimizer:
         self.compaction_read_tokens.discard(session_id)
         self.transcript_source.discard(session_id)
         prefix = f"checkpoint-restore:{key}:"
-        for idem in self.accepted_restores.keys():
+        for idem in self.accepted_restores:
             if idem.startswith(prefix):
                 self.accepted_restores.discard(idem)
         self.ledger.release(session_id)
@@ -592,11 +596,9 @@ class TokenOptimizer:
             "compaction_read_tokens": self.compaction_read_tokens,
             "transcript_source": self.transcript_source,
             "session_index_pending": self.index._pending,
+            "read_cache_agents": self.read_cache._agents,
         }
-        for owner in (self.ledger, self.read_cache):
-            extra = getattr(owner, "collections", None)
-            if callable(extra):
-                colls.update(extra())
+        colls.update(self.ledger.collections())
         return colls
 
     def tracked_counts(self) -> dict[str, int]:
