@@ -143,7 +143,7 @@ def run_demo(home: Path, workspace: Path) -> dict[str, Any]:
     hook("gateway_stop", {"reason": "demo finished"}, {})
     rt.close()
 
-    files = []
+    files: list[dict[str, Any]] = []
     for root, _dirs, names in os.walk(rt.paths.root):
         for n in sorted(names):
             p = Path(root) / n

@@ -93,7 +93,7 @@ class CompactionBefore:
 class CompactionAfter:
     ident: Identity
     previous_session_id: str | None = None
-    compacted_count: int | None = None
+    compacted_count: float | None = None
     message_count: Any = None
     """Raw host value: only a real number becomes the ``msg:`` discriminator."""
 
