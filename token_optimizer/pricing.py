@@ -491,12 +491,22 @@ def reset_pricing_cache() -> None:
 _tier_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
 
 
-def _tier_path(openclaw_dir: str | os.PathLike[str] | None) -> Path:
+_root_memo: list[tuple[tuple[str | None, ...], str]] = []
+
+
+def _tier_path(openclaw_dir: str | os.PathLike[str] | None) -> str:
     if openclaw_dir:
-        return Path(openclaw_dir) / "token-optimizer" / "config.json"
+        return os.path.join(os.fspath(openclaw_dir), "token-optimizer", "config.json")
+    # The state root depends only on these variables; resolve it once per combination.
+    env = os.environ
+    key = (env.get("TOKEN_OPTIMIZER_HOME"), env.get("HOME"), env.get("USERPROFILE"))
+    if _root_memo and _root_memo[0][0] == key:
+        return _root_memo[0][1]
     from token_optimizer.fsutil import resolve_paths
 
-    return resolve_paths().root / "config.json"
+    path = str(resolve_paths().root / "config.json")
+    _root_memo[:] = [(key, path)]
+    return path
 
 
 def load_pricing_tier(openclaw_dir: str | os.PathLike[str] | None = None) -> str:
@@ -505,10 +515,9 @@ def load_pricing_tier(openclaw_dir: str | os.PathLike[str] | None = None) -> str
     Without ``openclaw_dir`` the file is ``<state root>/config.json`` (by default
     ``~/.openclaw/token-optimizer/config.json``, as in the reference).
     """
-    path = _tier_path(openclaw_dir)
-    key = str(path)
+    key = _tier_path(openclaw_dir)
     try:
-        st = path.stat()
+        st = os.stat(key)
     except OSError:
         _tier_cache.pop(key, None)
         return DEFAULT_TIER
@@ -518,7 +527,8 @@ def load_pricing_tier(openclaw_dir: str | os.PathLike[str] | None = None) -> str
         return hit[1]
     tier = DEFAULT_TIER
     try:
-        data = loads(path.read_bytes())
+        with open(key, "rb") as fh:
+            data = loads(fh.read())
         value = data.get("pricingTier") if isinstance(data, dict) else None
         if isinstance(value, str) and value in PRICING_TIER_LABELS:
             tier = value

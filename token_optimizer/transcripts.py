@@ -318,6 +318,7 @@ class RunAccumulator:
         "_prefix_r",
         "_pricing",
         "_sorted_tools",
+        "_topic",
         "first_ts",
         "first_user_text",
         "last_model",
@@ -343,6 +344,7 @@ class RunAccumulator:
         self.last_ts: float | None = None
         self.message_count = 0
         self.first_user_text: str | None = None
+        self._topic: str | None = None
         self.tools: set[str] = set()
         self._sorted_tools: list[str] | None = []
         # totals: input, output, cache read, cache write, 1h write, 5m write
@@ -573,7 +575,9 @@ class RunAccumulator:
         duration = 0.0
         if self.first_ts is not None and self.last_ts is not None:
             duration = max(0.0, (self.last_ts - self.first_ts) / 1000)
-        topic = extract_topic(self.first_user_text) if self.first_user_text else ""
+        if self._topic is None and self.first_user_text:
+            self._topic = extract_topic(self.first_user_text)
+        topic = self._topic or ""
         return AgentRun(
             session_id=session_id,
             agent_name=agent_name,
