@@ -219,6 +219,9 @@ class Bridge {
       stdio: ["pipe", "pipe", "pipe"],
       env: { ...process.env, PYTHONIOENCODING: "utf-8" },
       windowsHide: true,
+      // own process group: a terminal's Ctrl-C or a group SIGTERM reaches the gateway, which then
+      // stops the worker in order (gateway_stop first); stdin EOF ends it if the gateway dies
+      detached: true,
     });
     if (child.pid === undefined) {
       // spawn failed synchronously (ENOENT/EACCES); the "error" event follows on the next tick

@@ -201,7 +201,12 @@ class Worker:
             self.error(req_id, "ctx must be an object or null")
             return
         try:
-            outcome = self.get_runtime().handle(hook, event, ctx)
+            rt = self.get_runtime()
+            DUPLICATES.in_hook = True
+            try:
+                outcome = rt.handle(hook, event, ctx)
+            finally:
+                DUPLICATES.in_hook = False
             result = outcome.result
             actions = outcome.actions_json()
         except Exception as exc:  # the runtime never raises; a broken import might
@@ -234,7 +239,7 @@ class Worker:
             log.exception("[token-optimizer] enqueue_result failed")
         self.reply(req_id, {"ok": True})
         if self.trace_path:
-            self.trace("enqueue_result", msg, None, None, [])
+            self.trace("enqueue_result", msg, None, {"enqueued": bool(msg.get("enqueued"))}, [])
 
     def status(self, session_id: str | None) -> dict[str, Any]:
         rt = self.get_runtime()
@@ -249,7 +254,25 @@ class Worker:
         st = getattr(rt, "status", None)
         if session_id and callable(st):
             out["session"] = st(session_id)
+        if session_id:
+            out["heldBy"] = self.held_by(session_id)
         return out
+
+    def held_by(self, *ids: str | None) -> list[str]:
+        """Names of the runtime's per-session collections with a key mentioning any of ``ids``."""
+        colls = getattr(self.runtime, "collections", None)
+        wanted = [i for i in ids if i]
+        if not callable(colls) or not wanted:
+            return []
+        held: list[str] = []
+        for name, coll in colls().items():
+            keys = coll.keys() if callable(getattr(coll, "keys", None)) else []
+            for k in keys:
+                parts = k if isinstance(k, tuple) else (k,)
+                if any(isinstance(p, str) and any(w == p or w in p for w in wanted) for p in parts):
+                    held.append(name)
+                    break
+        return held
 
     def on_status(self, req_id: Any, msg: dict[str, Any]) -> None:
         sid = msg.get("sessionId")
@@ -267,10 +290,12 @@ class Worker:
                 for k in ("sessionId", "sessionKey"):
                     if isinstance(src.get(k), str):
                         ident.setdefault(k, src[k])
-        row: dict[str, Any] = {"t": int(time.time() * 1000), "hook": hook, **ident,
+        row: dict[str, Any] = {"t": int(time.time() * 1000), "pid": os.getpid(), "hook": hook, **ident,
                                "result": result, "actions": actions}
         with contextlib.suppress(Exception):
             row["tracked"] = self.status(None).get("tracked")
+            if hook == "session_end":
+                row["heldBy"] = self.held_by(ident.get("sessionId"), ident.get("sessionKey"))
         try:
             with open(self.trace_path, "ab") as fh:
                 fh.write(_dumps(row))
@@ -312,11 +337,28 @@ def claim_stdout() -> IO[bytes]:
     return os.fdopen(proto_fd, "wb", buffering=1 << 16)
 
 
+class _DuplicateFilter(logging.Filter):
+    """Drop the runtime's own log lines while a hook runs: they also come back as ``log``
+    actions, which the shim sends to the host logger (debug lines are never actions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_hook = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.in_hook and record.levelno >= logging.INFO
+                    and record.funcName == "_log" and record.module == "runtime")
+
+
+DUPLICATES = _DuplicateFilter()
+
+
 def setup_logging() -> None:
     level_name = os.environ.get("TOKEN_OPTIMIZER_LOG_LEVEL", "INFO").upper()
     level = getattr(logging, level_name, logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(DUPLICATES)
     root = logging.getLogger("token_optimizer")
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else logging.INFO)
