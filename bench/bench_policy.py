@@ -62,6 +62,28 @@ def bench_writes(base: Path, writes: int) -> dict[str, dict[str, float]]:
             samples.append(time.perf_counter_ns() - t0)
         out["record_decision durable" if durable else "record_decision no fsync"] = _pcts(samples)
 
+    # the syscall floor: the same temp-write / fsync / rename / dir-fsync, no policy code
+    payload = b'{\n  "capturedFillBands": [\n    20\n  ]\n}' * 8
+    for durable in (True, False):
+        d = Path(tempfile.mkdtemp(dir=base))
+        samples = []
+        for i in range(writes):
+            t0 = time.perf_counter_ns()
+            tmp = d / f".state.{i}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, payload)
+            if durable:
+                os.fsync(fd)
+            os.close(fd)
+            os.replace(tmp, d / "policy-state.json")
+            if durable:
+                dfd = os.open(d, os.O_RDONLY)
+                os.fsync(dfd)
+                os.close(dfd)
+            samples.append(time.perf_counter_ns() - t0)
+        out["floor: raw syscalls durable" if durable else "floor: raw syscalls no fsync"] = \
+            _pcts(samples)
+
     p = CheckpointPolicy(resolve_paths(Path(tempfile.mkdtemp(dir=base))), PolicySettings())
     snap = Snapshot(fill_pct=57.0, quality_score=64, context_window=200_000)
     samples = []

@@ -42,7 +42,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from token_optimizer import bounded, fsutil, jsutil
+from token_optimizer import fsutil, jsutil
 from token_optimizer.bounded import BoundedMap
 from token_optimizer.fsutil import StatePaths, resolve_paths, sanitize_checkpoint_id
 
@@ -730,10 +730,8 @@ class CheckpointPolicy:
         return removed
 
     def tracked_count(self) -> int:
+        """Number of session states held in memory."""
         return len(self.states)
-
-    def cap(self) -> int:
-        return bounded.current_cap()
 
 
 # ---------------------------------------------------------------- CLI
