@@ -55,6 +55,7 @@ import queue
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,15 +187,20 @@ def messages_from_history(history: object) -> list[Message]:
     return out
 
 
-def _has_summary(history: object) -> bool:
+def summary_digest(history: object) -> int:
+    """Digest of the compaction summary at the head of a history (0 when none).
+
+    Every compaction writes a new summary, so a changed digest for the same
+    session id means Hermes compacted in place; a rewind keeps the old one.
+    """
     if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
-        return False
+        return 0
     for m in history[:4]:
         if isinstance(m, Mapping):
             text = _content_text(m.get("content")).lstrip()
             if text.startswith(_SUMMARY_PREFIXES):
-                return True
-    return False
+                return zlib.crc32(text.encode("utf-8", "replace")) or 1
+    return 0
 
 
 # ---------------------------------------------------------------- host lookups
@@ -429,6 +435,19 @@ class BackgroundWorker:
     def is_worker_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish the queued tasks, then end the thread (a later submit restarts it)."""
+        with self._lock:
+            t = self._thread
+            if t is None or not t.is_alive():
+                return
+            self._q.put(None)
+        t.join(timeout)
+
 
 def _on_event_loop() -> bool:
     try:
@@ -486,8 +505,8 @@ class HermesPlugin:
         """session id -> the session key it is addressed by."""
         self.current_id: BoundedMap[str, str] = BoundedMap("hermes_current_id")
         """session key -> the last session id seen under it."""
-        self.history_len: BoundedMap[str, int] = BoundedMap("hermes_history_len")
-        """session id -> ``len(conversation_history)`` at its last user turn."""
+        self.summaries: BoundedMap[str, int] = BoundedMap("hermes_summary_digest")
+        """session id -> digest of the compaction summary its history started with."""
         self.ended: BoundedSet[str] = BoundedSet("hermes_ended_sessions")
         self.subagents: BoundedSet[str] = BoundedSet("hermes_subagent_sessions")
         self.last_injected: BoundedMap[str, int] = BoundedMap("hermes_last_injection")
@@ -658,7 +677,7 @@ class HermesPlugin:
         for old in olds:
             with contextlib.suppress(Exception):
                 self.runtime.release(old, None)
-                self.history_len.discard(old)
+                self.summaries.discard(old)
 
     # ------------------------------------------------------------ hooks: turn
 
@@ -676,13 +695,14 @@ class HermesPlugin:
         key, rotated_from = self._resolve(sid)
         history = kw.get("conversation_history")
         n = len(history) if isinstance(history, Sequence) and not isinstance(history, str) else 0
+        digest = summary_digest(history)
         if rotated_from is not None:
             self._compacted(key, rotated_from, sid)
         else:
-            prev_n = self.history_len.get(sid)
-            if prev_n is not None and 0 < n < prev_n and _has_summary(history):
+            prev = self.summaries.get(sid)
+            if prev is not None and digest and digest != prev:
                 self._compacted(key, sid, sid, message_count=n)
-        self.history_len.set(sid, n)
+        self.summaries.set(sid, digest)
         prompt = kw.get("user_message")
         prompt_text = prompt if isinstance(prompt, str) else _content_text(prompt)
         out: HookOutcome = self.runtime.turn_prepare(TurnPrepare(
@@ -696,10 +716,10 @@ class HermesPlugin:
         text = (out.result or {}).get("prependContext") if out is not None else None
         if not isinstance(text, str) or not text.strip():
             return None
-        digest = hash(text)
-        if self.last_injected.get(key) == digest:
+        block = zlib.crc32(text.encode("utf-8", "replace"))
+        if self.last_injected.get(key) == block:
             return None  # never hand Hermes the same block twice in a row
-        self.last_injected.set(key, digest)
+        self.last_injected.set(key, block)
         return {"context": text}
 
     def post_api_request(self, **kwargs: Any) -> None:
@@ -889,7 +909,7 @@ class HermesPlugin:
         current = self.current_id.get(key)
         scoped_key = key if current in (None, session_id) else session_id
         rt.session_end(SessionEnd(Identity(session_id, scoped_key, AGENT_ID), reason))
-        self.history_len.discard(session_id)
+        self.summaries.discard(session_id)
         self.key_of.discard(session_id)
         self.subagents.discard(session_id)
         if current == session_id:
@@ -910,7 +930,7 @@ class HermesPlugin:
     def shutdown(self) -> None:
         """atexit: let queued session ends finish, then flush the core."""
         try:
-            self.worker.drain(SHUTDOWN_DRAIN_S)
+            self.worker.stop(SHUTDOWN_DRAIN_S)
             rt = self._runtime
             if rt is not None:
                 close = getattr(rt, "close", None)
@@ -1008,7 +1028,7 @@ class HermesPlugin:
         return {
             "hermes_key_of_session": self.key_of,
             "hermes_current_id": self.current_id,
-            "hermes_history_len": self.history_len,
+            "hermes_summary_digest": self.summaries,
             "hermes_ended_sessions": self.ended,
             "hermes_subagent_sessions": self.subagents,
             "hermes_last_injection": self.last_injected,
