@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import select
 import signal
 import stat
 import threading
@@ -855,11 +856,15 @@ def test_sigkill_during_write_through_loses_nothing(paths: StatePaths) -> None:
             os.close(r)
             _crash_child(root, w, it, (it + 1) * 1_000_000)
         os.close(w)
-        time.sleep(rnd.uniform(0.0, 0.015))
+        chunks = []
+        # mostly let the child complete one decision first (disk speed varies a
+        # lot on shared machines); every 4th kill may land in the very first write
+        if it % 4 and select.select([r], [], [], 10.0)[0]:
+            chunks.append(os.read(r, 65536))
+        time.sleep(rnd.uniform(0.0, 0.006))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         kills += os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        chunks = []
         while chunk := os.read(r, 65536):
             chunks.append(chunk)
         os.close(r)
@@ -884,7 +889,7 @@ def test_sigkill_during_write_through_loses_nothing(paths: StatePaths) -> None:
             assert (not e["pre"]) or doc["capturedMilestones"] == ["pre-fanout"]
             assert doc["lastCheckpointAt"] >= e["n"]
     assert kills >= 200
-    assert reported > 100
+    assert reported >= 150
     # orphaned temp files prove that kills landed inside atomic writes
     assert [f for f in all_files(paths.checkpoints) if f.name.endswith(".tmp")]
     assert time.monotonic() - t_start < 60
