@@ -176,7 +176,7 @@ def new_agent(base_url: str, **kw: Any) -> Any:
 def phase_cli(hp: Any, base_url: str, workdir: Path) -> None:
     from token_optimizer.hosts import hermes as plugin_mod
 
-    plugin = plugin_mod._PLUGIN
+    plugin = plugin_mod.get_plugin()
     target = workdir / "notes.txt"
     target.write_text("alpha\nbeta\n")
     agent = new_agent(base_url, platform="cli")
@@ -233,7 +233,7 @@ def phase_gateway(base_url: str) -> None:
 
     from token_optimizer.hosts import hermes as plugin_mod
 
-    plugin = plugin_mod._PLUGIN
+    plugin = plugin_mod.get_plugin()
     agents = {i: new_agent(base_url, platform="telegram",
                            gateway_session_key=f"agent:main:telegram:dm:{i}") for i in range(10)}
     histories: dict[int, Any] = {i: None for i in range(10)}

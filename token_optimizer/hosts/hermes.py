@@ -95,8 +95,9 @@ COMMAND_TIMEOUT_S = 10.0
 SHUTDOWN_DRAIN_S = 3.0
 INLINE_WAIT_S = 5.0
 
-# Prefixes Hermes 0.19.0 puts on the summary message of a compacted history.
-_SUMMARY_PREFIXES = ("[CONTEXT COMPACTION", "[CONTEXT SUMMARY]")
+# Markers Hermes 0.19.0 puts on the summary of a compacted history.
+_SUMMARY_MARKERS = ("[CONTEXT COMPACTION", "[CONTEXT SUMMARY]",
+                    "[END OF PRIOR CONTEXT — COMPACTION SUMMARY BELOW]")
 
 HOOKS = (
     "pre_llm_call",
@@ -188,18 +189,22 @@ def messages_from_history(history: object) -> list[Message]:
 
 
 def summary_digest(history: object) -> int:
-    """Digest of the compaction summary at the head of a history (0 when none).
+    """Digest of the compaction summary inside a history (0 when there is none).
 
-    Every compaction writes a new summary, so a changed digest for the same
-    session id means Hermes compacted in place; a rewind keeps the old one.
+    Hermes marks a standalone summary message with ``_compressed_summary`` and
+    starts it with a ``[CONTEXT COMPACTION ...]`` prefix, or merges the summary
+    into the first kept message. Every compaction writes a new summary, so a
+    changed digest for the same session id means Hermes compacted in place; a
+    rewind keeps the old one.
     """
     if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
         return 0
-    for m in history[:4]:
-        if isinstance(m, Mapping):
-            text = _content_text(m.get("content")).lstrip()
-            if text.startswith(_SUMMARY_PREFIXES):
-                return zlib.crc32(text.encode("utf-8", "replace")) or 1
+    for m in history:
+        if not isinstance(m, Mapping):
+            continue
+        text = _content_text(m.get("content"))
+        if m.get("_compressed_summary") or any(p in text for p in _SUMMARY_MARKERS):
+            return zlib.crc32(text.encode("utf-8", "replace")) or 1
     return 0
 
 
