@@ -64,19 +64,19 @@ class _Bounded:
     def cap(self) -> int:
         return max(1, self._cap) if self._cap is not None else current_cap()
 
-    def _trim(self, just_written: object) -> list[object]:
+    def _trim(self, just_written: object) -> None:
         """Evict oldest entries while over the cap; caller holds the lock."""
-        cap = self.cap
         data = self._data
-        evicted: list[object] = []
+        cap = self._cap if self._cap is not None else MAX_TRACKED_SESSIONS
+        if len(data) <= cap:  # fast path: no eviction needed
+            return
+        cap = max(1, int(cap))
         while len(data) > cap:
             oldest = next(iter(data))
             if oldest == just_written:
                 break
             data.popitem(last=False)
-            evicted.append(oldest)
-        self.evictions += len(evicted)
-        return evicted
+            self.evictions += 1
 
     def __len__(self) -> int:
         return len(self._data)
