@@ -200,12 +200,15 @@ def test_session_end_releases_session(worker: WorkerProc) -> None:
         worker.send({"id": None, "hook": "after_tool_call",
                      "event": {"toolName": "edit", "params": {"path": f"/tmp/w/{i}.py"}}, "ctx": CTX})
     worker.call({"id": 1, "hook": "agent_turn_prepare", "event": {"prompt": "x", "messages": []}, "ctx": CTX})
-    before = worker.call({"id": 2, "type": "status", "sessionId": "w1"})["result"]["tracked"]
+    st = worker.call({"id": 2, "type": "status", "sessionId": "w1"})["result"]
+    before = st["tracked"]
     assert sum(before.values()) > 0
+    assert st["heldBy"], st
     worker.send({"id": None, "hook": "session_end",
                  "event": {"sessionId": "w1", "sessionKey": CTX["sessionKey"], "reason": "deleted"}, "ctx": CTX})
-    after = worker.call({"id": 3, "type": "status"})["result"]["tracked"]
-    assert sum(after.values()) == 0, after
+    st = worker.call({"id": 3, "type": "status", "sessionId": "w1"})["result"]
+    assert sum(st["tracked"].values()) == 0, st["tracked"]
+    assert st["heldBy"] == []
 
 
 NOISY_RUNTIME = """

@@ -30,6 +30,7 @@ and child processes cannot corrupt the stream. Logging goes to stderr as
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -251,11 +252,12 @@ class Worker:
         tracked = getattr(rt, "tracked_counts", None)
         if callable(tracked):
             out["tracked"] = tracked()
-        st = getattr(rt, "status", None)
-        if session_id and callable(st):
-            out["session"] = st(session_id)
         if session_id:
+            # before the session status: that reads the policy state back into memory
             out["heldBy"] = self.held_by(session_id)
+            st = getattr(rt, "status", None)
+            if callable(st):
+                out["session"] = st(session_id)
         return out
 
     def held_by(self, *ids: str | None) -> list[str]:
@@ -377,6 +379,7 @@ def main() -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     worker = Worker(out, trace_path=os.environ.get("TOKEN_OPTIMIZER_OPENCLAW_TRACE") or None)
     worker.preload()
+    gc.freeze()  # long-lived process: keep the imported modules out of later collections
     worker.send({"id": None, "type": "ready", "pid": os.getpid(), "protocol": PROTOCOL_VERSION})
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
         worker.run(sys.stdin.buffer)
