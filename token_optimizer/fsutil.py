@@ -158,31 +158,39 @@ def ensure_dir(path: Path, *, base: Path | None = None) -> Path:
 
     Every component from ``base`` (inclusive; default: ``path`` itself) down to
     ``path`` must be a real directory, not a symlink, or
-    :class:`UnsafePathError` is raised. Components above ``base`` (``/tmp``,
-    the user's home) are trusted. Existing directories keep their mode.
+    :class:`UnsafePathError` is raised before anything is created below it.
+    Components above ``base`` (``/tmp``, the user's home) are trusted and
+    created when missing. Existing directories keep their mode.
     """
     path = Path(os.path.abspath(path))
-    missing: list[Path] = []
-    p = path
-    while not os.path.lexists(p) and p.parent != p:
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(d, DIR_MODE)
     top = Path(os.path.abspath(base)) if base is not None else path
     if not is_within(top, path):
         raise UnsafePathError(f"{path} is not below {top}")
+    chain = [path]
     p = path
-    while True:
-        st = os.lstat(p)
-        if stat.S_ISLNK(st.st_mode):
-            raise UnsafePathError(f"symlinked directory refused: {p}")
-        if not stat.S_ISDIR(st.st_mode):
-            raise UnsafePathError(f"not a directory: {p}")
-        if p == top or p.parent == p:
-            break
+    while p != top and p.parent != p:
         p = p.parent
+        chain.append(p)
+    chain.reverse()  # top first
+    trusted: list[Path] = []
+    q = top.parent
+    while not os.path.lexists(q) and q.parent != q:
+        trusted.append(q)
+        q = q.parent
+    for d in reversed(trusted):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, DIR_MODE)
+    for d in chain:
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d, DIR_MODE)
+            st = os.lstat(d)
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(f"symlinked directory refused: {d}")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(f"not a directory: {d}")
     return Path(os.path.realpath(path))
 
 
