@@ -123,7 +123,7 @@ class TokenOptimizer:
         self._clock = clock
         self.policy = CheckpointPolicy(self.paths, self.settings)
         self.store = CheckpointStore(self.paths, self.policy)
-        self.ledger = Ledger()
+        self.ledger = Ledger(openclaw_dir=self.paths.openclaw_dir)
         self.telemetry = Telemetry(self.paths)
         self.read_cache = ReadCache(self.paths, cwd=self._cwd, telemetry=self.telemetry)
         self.continuity = Continuity(self.paths, log_savings=self.telemetry.log_savings_event)
@@ -273,7 +273,7 @@ class TokenOptimizer:
         def body() -> None:
             key = ident.session_key or ident.session_id
             if key and ident.session_id:
-                self.index.note_session(key, ident.session_id, platform=ident.agent_id)
+                self.index.touch(key, ident.session_id, agent=ident.agent_id, real_message=False)
         return self._run("session_start", body)
 
     def usage(self, ev: Usage) -> HookOutcome:
@@ -322,7 +322,7 @@ class TokenOptimizer:
             self._log("debug", f"non-user turn skipped: {sid}")
             return None
         key = ident.session_key or sid
-        self.index.touch(key, sid, platform=ident.agent_id, real_message=True)
+        self.index.touch(key, sid, agent=ident.agent_id, real_message=True)
         contributions: list[str] = []
 
         pending = self.pending_restores.get(key)
