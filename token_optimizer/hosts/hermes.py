@@ -647,6 +647,8 @@ class HermesPlugin:
             message_count=message_count,
         ))
         self._apply_actions(out)
+        # What was injected before may have been compacted away: allow it again.
+        self.last_injected.discard(key)
         if old_id != new_id:
             self._inherit(old_id, new_id)
             prev = self.deferred_release.get(key) or ()
