@@ -400,3 +400,13 @@ def test_no_snapshot_checkpoint_before_any_usage(rt: TokenOptimizer, paths: Stat
     rt.handle("llm_output", usage_event(44_000), c)
     turn(rt, "turn 4", c)
     assert manifest_triggers(paths, "s1") == ["progressive-20"]
+
+
+def test_status_does_not_retrack_a_released_session(rt: TokenOptimizer) -> None:
+    c = ctx()
+    rt.handle("llm_output", usage_event(44_000), c)
+    turn(rt, "hello", c)
+    rt.handle("session_end", {"sessionId": "s1", "reason": "deleted"}, c)
+    st = rt.status("s1")
+    assert st["capturedFillBands"] == [20]          # read from disk
+    assert all(v == 0 for v in rt.tracked_counts().values())

@@ -304,6 +304,19 @@ class CheckpointPolicy:
         with self._lock_for(key):
             return self._state_locked(key)
 
+    def peek_state(self, session_id: str) -> SessionCheckpointState:
+        """Like :meth:`get_state`, but a state loaded from disk is not kept in memory.
+
+        For read-only views (status, doctor) that must not re-track a released session.
+        """
+        key = self.key_for(session_id)
+        with self._lock_for(key):
+            st = self.states.get(key)
+            if st is not None:
+                return st
+            loaded = self._load(key)
+            return loaded if loaded is not None else SessionCheckpointState()
+
     def clear_state(self, session_id: str) -> None:
         """Forget the in-memory state (the persisted file stays)."""
         key = self.key_for(session_id)

@@ -615,7 +615,7 @@ class TokenOptimizer:
             out["model"] = None if snap is None else snap.model
             files = self.policy.checkpoint_files(session_id)
             out["checkpoints"] = [{"trigger": f.trigger, "path": str(f.path)} for f in files]
-            st = self.policy.get_state(session_id)
+            st = self.policy.peek_state(session_id)
             out["capturedFillBands"] = sorted(st.captured_fill_bands)
             out["capturedQualityThresholds"] = sorted(st.captured_quality_thresholds)
             out["capturedMilestones"] = sorted(st.captured_milestones)
