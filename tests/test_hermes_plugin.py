@@ -14,6 +14,7 @@ import contextvars
 import importlib
 import importlib.metadata
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -804,3 +805,39 @@ def test_leak_bound_3000_sessions_never_finalized(rt: TokenOptimizer,
     assert counts and max(counts.values()) <= cap, counts
     assert counts["hermes_key_of_session"] == cap
     assert plugin.key_of.get("20260101_000000_00000000") is None
+
+
+# ---------------------------------------------------------------- host lookups
+
+
+def test_operator_config_comes_from_plugins_entries(windows: ContextWindows,
+                                                    tmp_path: Path) -> None:
+    cfg = {"plugins": {"enabled": ["token-optimizer"],
+                       "entries": {"token-optimizer": {"session_store_max_age_days": 30}}}}
+    plugin = HermesPlugin(windows=windows, hermes_config=lambda: cfg,
+                          state_db=StateDb(tmp_path / "none.db"), session_key=lambda: "")
+    _PLUGINS.append(plugin)
+    try:
+        assert plugin.runtime.config.session_store_max_age_days == 30
+    finally:
+        plugin.shutdown()
+
+
+def test_default_session_key_reads_the_gateway_contextvar(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("HERMES_SESSION_KEY", default="")
+    mod = types.ModuleType("gateway.session_context")
+
+    def get_session_env(name: str, default: str = "") -> str:
+        return var.get() if name == "HERMES_SESSION_KEY" else default
+
+    setattr(mod, "get_session_env", get_session_env)  # noqa: B010
+    monkeypatch.setitem(sys.modules, "gateway", types.ModuleType("gateway"))
+    monkeypatch.setitem(sys.modules, "gateway.session_context", mod)
+    assert hp._default_session_key() == ""
+    var.set("agent:main:telegram:dm:42")
+    assert hp._default_session_key() == "agent:main:telegram:dm:42"
+    monkeypatch.setitem(sys.modules, "gateway.session_context", None)
+    assert hp._default_session_key() == ""  # no gateway (CLI, or not Hermes): fall back
