@@ -678,13 +678,17 @@ class HermesPlugin:
                 coll.add(new_id)
 
     def _release_deferred(self, key: str) -> None:
-        olds = self.deferred_release.pop(key)
-        if not olds:
+        """Free the rotated-away ids of ``key`` once its restore has gone out."""
+        if key not in self.deferred_release:
             return
-        for old in olds:
+        pending = getattr(self.runtime, "has_pending_restore", None)
+        if callable(pending) and pending(key):
+            return  # not delivered yet (e.g. an empty prompt): keep the old state
+        for old in self.deferred_release.pop(key) or ():
             with contextlib.suppress(Exception):
                 self.runtime.release(old, None)
                 self.summaries.discard(old)
+                self.key_of.discard(old)
 
     # ------------------------------------------------------------ hooks: turn
 
