@@ -31,7 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from token_optimizer.fsutil import StatePaths, safe_dir, safe_file, sanitize_checkpoint_id
+from token_optimizer.bounded import BoundedMap
+from token_optimizer.fsutil import (
+    StatePaths,
+    read_text_no_follow,
+    safe_file,
+    sanitize_checkpoint_id,
+)
 from token_optimizer.jsutil import (
     iso_from_ms,
     js_number,
@@ -663,6 +669,10 @@ def _env_home() -> str:
     return h or ""
 
 
+MANIFEST_CACHE_CAP = 20_000
+"""Session directories whose parsed manifest is remembered (not per live session)."""
+
+
 class Continuity:
     """Prior-session lookup for the first user turn of a session."""
 
@@ -680,6 +690,10 @@ class Continuity:
             env.get("TOKEN_OPTIMIZER_RESUME_TOPIC_BAR", "0.22")
         )
         self.home: str = _env_home()
+        # Parsed manifests by session directory name, keyed on (size, mtime, inode).
+        self._manifest_cache: BoundedMap[
+            str, tuple[tuple[int, int, int], tuple[CheckpointEntry, ...]]
+        ] = BoundedMap("continuity.manifest_cache", cap=MANIFEST_CACHE_CAP, register=False)
 
     # ------------------------------------------------------------ discovery
 
@@ -696,7 +710,13 @@ class Continuity:
     def list_all_checkpoints(
         self, max_age_days: float | None = None, now: float | None = None
     ) -> list[CheckpointEntry]:
-        """Every readable checkpoint of every session, newest first, within the age limit."""
+        """Every readable checkpoint of every session, newest first, within the age limit.
+
+        A session's parsed manifest is cached until the manifest changes (its size,
+        mtime or inode), so a new session's first turn costs one ``lstat`` per prior
+        session instead of a re-read and a ``realpath`` per checkpoint. Artifacts are
+        re-checked when they are read (:meth:`_read` refuses symlinks).
+        """
         root = self._root()
         if root is None:
             return []
@@ -708,25 +728,41 @@ class Continuity:
             return []
         results: list[CheckpointEntry] = []
         for name in names:
-            d = root / name
-            if not d.is_dir() or not safe_dir(d, root):
-                continue
-            session_dir = Path(os.path.realpath(d))
+            # ``root`` is a realpath, so a real (non-symlink) directory entry of it is inside it.
+            session_dir = root / name
             manifest = session_dir / "manifest.jsonl"
-            if not safe_file(manifest, session_dir):
-                continue
             try:
-                raw = manifest.read_text(encoding="utf-8", errors="replace")
+                if not stat.S_ISDIR(os.lstat(session_dir).st_mode):
+                    continue
+                mst = os.lstat(manifest)
             except OSError:
                 continue
-            for line in raw.split("\n"):
-                if not line:
-                    continue
-                entry = self._manifest_entry(line, session_dir, cutoff)
-                if entry is not None:
-                    results.append(entry)
+            if not stat.S_ISREG(mst.st_mode):
+                continue
+            key = (mst.st_size, mst.st_mtime_ns, mst.st_ino)
+            cached = self._manifest_cache.get(name)
+            if cached is not None and cached[0] == key:
+                parsed = cached[1]
+            else:
+                parsed = self._parse_manifest(manifest, session_dir)
+                self._manifest_cache.set(name, (key, parsed))
+            results.extend(e for e in parsed if not e.created_at_ms < cutoff)
         results.sort(key=lambda e: -e.created_at_ms)
         return results
+
+    def _parse_manifest(self, manifest: Path, session_dir: Path) -> tuple[CheckpointEntry, ...]:
+        try:
+            raw = read_text_no_follow(manifest)
+        except OSError:
+            return ()
+        out: list[CheckpointEntry] = []
+        for line in raw.split("\n"):
+            if not line:
+                continue
+            entry = self._manifest_entry(line, session_dir, -math.inf)
+            if entry is not None:
+                out.append(entry)
+        return tuple(out)
 
     @staticmethod
     def _manifest_entry(line: str, session_dir: Path, cutoff: float) -> CheckpointEntry | None:
@@ -757,7 +793,7 @@ class Continuity:
     @staticmethod
     def _read(path: str) -> str | None:
         try:
-            return Path(path).read_text(encoding="utf-8", errors="replace")
+            return read_text_no_follow(Path(path))
         except OSError:
             return None
 

@@ -26,6 +26,8 @@ class Identity:
     session_id: str | None
     session_key: str | None = None
     agent_id: str | None = None
+    platform: str | None = None
+    """Where the session lives (e.g. ``telegram``); recorded in the session index."""
 
 
 @dataclass(frozen=True)

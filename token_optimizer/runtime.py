@@ -273,7 +273,8 @@ class TokenOptimizer:
         def body() -> None:
             key = ident.session_key or ident.session_id
             if key and ident.session_id:
-                self.index.touch(key, ident.session_id, agent=ident.agent_id, real_message=False)
+                self.index.touch(key, ident.session_id, agent=ident.agent_id,
+                                 platform=ident.platform, real_message=False)
         return self._run("session_start", body)
 
     def usage(self, ev: Usage) -> HookOutcome:
@@ -322,7 +323,8 @@ class TokenOptimizer:
             self._log("debug", f"non-user turn skipped: {sid}")
             return None
         key = ident.session_key or sid
-        self.index.touch(key, sid, agent=ident.agent_id, real_message=True)
+        self.index.touch(key, sid, agent=ident.agent_id, platform=ident.platform,
+                         real_message=True)
         contributions: list[str] = []
 
         pending = self.pending_restores.get(key)
@@ -496,6 +498,8 @@ class TokenOptimizer:
         idem = f"checkpoint-restore:{key}:{prev_id}:{js_number(count)}:{disc}"
         floor = estimate_tokens_from_bytes(len(text.encode("utf-8")))
         active = self.compaction_read_tokens.pop(sid) or 0
+        if prev and prev != sid:
+            active = max(active, self.compaction_read_tokens.pop(prev) or 0)
         with contextlib.suppress(Exception):
             active = max(active, self.read_cache.active_read_tokens(
                 ev.ident.agent_id or "default", sid))
@@ -530,6 +534,21 @@ class TokenOptimizer:
                                   f"delivered with the next turn: {pending.session_id}")
         except Exception:
             log.debug("enqueue_result failed", exc_info=True)
+
+    def inherit_session(self, old_id: str, new_id: str) -> None:
+        """``new_id`` continues ``old_id`` (the host rotated the id, e.g. at compaction).
+
+        The continuation is not a new session: it gets no cross-session hint, and a
+        nudge that already fired is not repeated. Never raises.
+        """
+        try:
+            if not old_id or not new_id or old_id == new_id:
+                return
+            self.continuity_injected.add(new_id)
+            if old_id in self.nudge_fired:
+                self.nudge_fired.add(new_id)
+        except Exception:
+            log.debug("inherit_session failed", exc_info=True)
 
     def has_pending_restore(self, session_key: str) -> bool:
         return session_key in self.pending_restores
