@@ -35,6 +35,7 @@ from token_optimizer.bounded import BoundedMap
 from token_optimizer.fsutil import (
     StatePaths,
     read_text_no_follow,
+    real_dir,
     safe_file,
     sanitize_checkpoint_id,
 )
@@ -698,14 +699,7 @@ class Continuity:
     # ------------------------------------------------------------ discovery
 
     def _root(self) -> Path | None:
-        root = self.paths.checkpoints
-        try:
-            st = os.lstat(root)
-        except OSError:
-            return None
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            return None
-        return Path(os.path.realpath(root))
+        return real_dir(self.paths.checkpoints)
 
     def list_all_checkpoints(
         self, max_age_days: float | None = None, now: float | None = None

@@ -194,6 +194,17 @@ def ensure_dir(path: Path, *, base: Path | None = None) -> Path:
     return Path(os.path.realpath(path))
 
 
+def real_dir(path: Path) -> Path | None:
+    """Realpath of ``path`` when it is an existing directory and not a symlink, else None."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            return None
+        return Path(os.path.realpath(path))
+    except OSError:
+        return None
+
+
 def safe_dir(path: Path, root: Path) -> bool:
     """Read side: ``path`` exists, is a real directory (not a symlink) inside ``root``."""
     try:

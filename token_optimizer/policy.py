@@ -275,17 +275,7 @@ class CheckpointPolicy:
 
     def _resolved_root(self) -> Path | None:
         """Realpath of the checkpoint root; None when missing or a symlink."""
-        root = self.paths.checkpoints
-        try:
-            st = os.lstat(root)
-        except OSError:
-            return None
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            return None
-        try:
-            return Path(os.path.realpath(root))
-        except OSError:
-            return None
+        return fsutil.real_dir(self.paths.checkpoints)
 
     # ------------------------------------------------------------ state cache
 
