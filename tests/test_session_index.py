@@ -56,6 +56,19 @@ def make(paths: StatePaths, clock: Clock | None = None, **kw: Any) -> SessionInd
     return SessionIndex(paths, clock=clock or Clock(), **kw)
 
 
+def journal(paths: StatePaths) -> Path:
+    return paths.root / si.JOURNAL_NAME
+
+
+def journal_lines(paths: StatePaths) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in journal(paths).read_text().splitlines() if line]
+
+
+def after_crash(paths: StatePaths, clock: Clock | None = None) -> dict[str, dict[str, Any]]:
+    """What a new process sees when the old one died without flush/close."""
+    return SessionIndex(paths, clock=clock or Clock()).entries()
+
+
 # ---------------------------------------------------------------- §3 pruning
 
 
@@ -458,6 +471,8 @@ def test_file_removal_runs_outside_the_lock_and_spares_revived_ids(
     assert calls == ["first"]
     assert not (paths.checkpoints / "first").exists()
     assert (paths.checkpoints / "second" / "a.md").exists()
+    assert set(after_crash(paths)) == {"k2-new"}  # the revived entry is in the journal
+    idx.close()
     assert set(on_disk(paths)) == {README_KEY, "k2-new"}
 
 
@@ -505,6 +520,7 @@ def test_readme_is_first_key_and_never_an_entry(paths: StatePaths) -> None:
     idx = make(paths)
     idx.touch("k1", "s1", platform="discord")
     idx.touch("k2", "s2")
+    idx.close()
     raw_text = paths.session_index.read_text()
     raw = json.loads(raw_text)
     assert next(iter(raw)) == README_KEY
@@ -519,6 +535,7 @@ def test_readme_is_first_key_and_never_an_entry(paths: StatePaths) -> None:
     assert again.entries()["k1"]["platform"] == "discord"
     # a second save keeps exactly one sentinel, first
     again.touch("k3", "s3")
+    again.close()
     raw2 = on_disk(paths)
     assert list(raw2) == [README_KEY, "k1", "k2", "k3"]
 
@@ -547,6 +564,7 @@ def test_load_skips_underscore_keys_and_non_objects(
     assert all(r.getMessage().startswith("[token-optimizer] ") for r in caplog.records)
     # unknown fields survive a save
     idx.touch("other", "s2")
+    idx.close()
     assert on_disk(paths)["good"]["model_override"] == {"model": "m"}
 
 
@@ -578,6 +596,8 @@ def test_corrupt_file_is_kept_aside_not_lost(paths: StatePaths) -> None:
     idx = make(paths)
     assert idx.entries() == {}
     idx.touch("k", "s")
+    assert set(after_crash(paths)) == {"k"}  # the journal holds it even over a corrupt index
+    idx.close()
     assert (paths.root / "session-index.json.corrupt").read_text() == "{not json"
     assert list(on_disk(paths)) == [README_KEY, "k"]
 
@@ -593,6 +613,8 @@ def test_symlinked_index_is_refused(
         idx = make(paths)
         assert idx.entries() == {}
         assert idx.touch("k", "s") is None
+        idx.close()  # the full write is refused...
+    assert set(after_crash(paths)) == {"k"}  # ...but the journal keeps the entry
     assert "evil" in target.read_text() and '"k"' not in target.read_text()
     assert paths.session_index.is_symlink()
     assert any("failed" in r.getMessage() for r in caplog.records)
@@ -601,6 +623,9 @@ def test_symlinked_index_is_refused(
 def test_file_mode_and_atomic_no_temp_left(paths: StatePaths) -> None:
     idx = make(paths)
     idx.touch("k", "s")
+    assert journal(paths).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in paths.root.iterdir()] == [si.JOURNAL_NAME]
+    idx.close()
     assert paths.session_index.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in paths.root.iterdir()] == ["session-index.json"]
 
@@ -627,8 +652,11 @@ def test_handshake_only_sessions_leave_nothing_on_disk(paths: StatePaths) -> Non
         "platform": "web",
         "persisted": False,
     }
-    # one real message: exactly one entry, written at once
+    # one real message: exactly one entry, durable at once (one journal line)
     idx.touch("agent:main:web:dm:7", "sid-7")
+    assert [r["key"] for r in journal_lines(paths)] == ["agent:main:web:dm:7"]
+    assert list(after_crash(paths)) == ["agent:main:web:dm:7"]
+    idx.close()
     raw = on_disk(paths)
     assert list(raw) == [README_KEY, "agent:main:web:dm:7"]
     assert raw["agent:main:web:dm:7"]["platform"] == "web"
@@ -647,6 +675,8 @@ def test_pending_marks_are_bounded(paths: StatePaths, small_cap: int) -> None:
 def test_failed_deferred_write_is_warned_and_retried(
     paths: StatePaths, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The journal cannot be appended to, so the whole index is written instead,
+    # and that fails once too: the entry is retried on the next message.
     idx = make(paths, flush_interval_s=3600)
     real = si.atomic_write  # type: ignore[attr-defined]
     fail = {"n": 1}
@@ -657,11 +687,17 @@ def test_failed_deferred_write_is_warned_and_retried(
             raise OSError("disk full")
         real(p, d, *a, **k)
 
+    def no_journal(p: Path, d: bytes) -> bool:
+        raise OSError("journal disk full")
+
     monkeypatch.setattr(si, "atomic_write", flaky)
+    monkeypatch.setattr(si, "_append_durable", no_journal)
     with caplog.at_level(logging.WARNING, logger="token_optimizer"):
         idx.touch("k", "s")
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("journal disk full" in r.getMessage() for r in warned)
     assert any(
-        "disk full" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
+        "session index write" in r.getMessage() and "disk full" in r.getMessage() for r in warned
     )
     assert not paths.session_index.exists()
     idx.touch("k", "s")  # next message retries (despite the long flush interval)
@@ -672,18 +708,19 @@ def test_reset_defers_the_write_and_reports_rotation_once(paths: StatePaths) -> 
     clock = Clock()
     idx = make(paths, clock, flush_interval_s=3600)
     assert idx.touch("lane", "s1") is None
-    first = paths.session_index.read_bytes()
+    first = journal(paths).read_bytes()
     clock.t += 10
     # /new: a session_start with a new id under the same key -> no write yet
     idx.note_session("lane", "s2")
     assert (
         idx.touch("lane", "s2", real_message=False) is None
     )  # already reported? no: first report below
-    assert paths.session_index.read_bytes() == first
+    assert journal(paths).read_bytes() == first
+    assert not paths.session_index.exists()
     assert idx.get("lane")["persisted"] is False  # type: ignore[index]
     clock.t += 10
     assert idx.touch("lane", "s2") is None  # rotation was seen on the transient mark
-    raw = on_disk(paths)
+    raw = after_crash(paths)
     assert raw["lane"]["session_id"] == "s2"
     assert raw["lane"]["created_at"] == iso(T0 + 10)
 
@@ -696,7 +733,7 @@ def test_rotation_returns_previous_id(paths: StatePaths) -> None:
     clock.t += 5
     assert idx.touch("lane", "s2") == "s1"
     assert idx.touch("lane", "s2") is None
-    assert on_disk(paths)["lane"]["session_id"] == "s2"  # rotation flushed at once
+    assert after_crash(paths)["lane"]["session_id"] == "s2"  # rotation durable at once
     # rotation seen first through a transient mark is reported there, once
     assert idx.touch("lane", "s3", real_message=False) == "s2"
     assert idx.touch("lane", "s3") is None
@@ -706,9 +743,9 @@ def test_rotation_after_suspend_starts_unsuspended(paths: StatePaths) -> None:
     idx = make(paths)
     idx.touch("lane", "s1")
     idx.set_suspended("lane", True)
-    assert on_disk(paths)["lane"]["suspended"] is True  # suspension flushed at once
+    assert after_crash(paths)["lane"]["suspended"] is True  # suspension durable at once
     assert idx.touch("lane", "s2") == "s1"
-    assert on_disk(paths)["lane"]["suspended"] is False
+    assert after_crash(paths)["lane"]["suspended"] is False
 
 
 def test_bad_input_is_ignored(paths: StatePaths) -> None:
@@ -728,18 +765,21 @@ def test_touches_are_coalesced(paths: StatePaths) -> None:
     clock = Clock()
     idx = make(paths, clock)
     idx.touch("k", "s")
-    assert idx.flush_count == 1  # new entry: written promptly
-    st = os.stat(paths.session_index)
+    # new entry: one journal line at once, no index rewrite
+    assert (idx.flush_count, idx.journal_count) == (0, 1)
+    st = os.stat(journal(paths))
     for i in range(1, 500):
         clock.t = T0 + i * 0.05
         idx.touch("k", "s")
-    assert idx.flush_count == 1
-    assert os.stat(paths.session_index).st_ino == st.st_ino
-    assert on_disk(paths)["k"]["updated_at"] == iso(T0)
+    assert (idx.flush_count, idx.journal_count) == (0, 1)
+    assert os.stat(journal(paths)).st_size == st.st_size
+    assert not paths.session_index.exists()
+    assert after_crash(paths)["k"]["updated_at"] == iso(T0)
     clock.t = T0 + 31
     idx.touch("k", "s")
-    assert idx.flush_count == 2
+    assert idx.flush_count == 1
     assert on_disk(paths)["k"]["updated_at"] == iso(T0 + 31)
+    assert not journal(paths).exists()
 
 
 def test_crash_loses_only_updated_at_never_an_entry(paths: StatePaths) -> None:
@@ -752,10 +792,12 @@ def test_crash_loses_only_updated_at_never_an_entry(paths: StatePaths) -> None:
     idx.touch("b", "s2")
     clock.t += 5
     idx.touch("a", "s1")
-    # "crash": no close; a new process reads the file
+    # "crash": no close; a new process reads the index and replays the journal
     survivor = SessionIndex(paths, clock=clock)
     assert set(survivor.entries()) == {"a", "b"}
-    assert survivor.entries()["a"]["updated_at"] == iso(T0 + 5)  # at most one interval stale
+    # updated_at is at most one flush interval stale (the last flush was at T0)
+    stale = survivor.entries()["a"]["updated_at"]
+    assert iso(clock.t - survivor.flush_interval_s) <= stale <= iso(clock.t)
 
 
 def test_session_end_and_close_flush(paths: StatePaths) -> None:
@@ -785,7 +827,7 @@ def test_tick_flushes_when_due(paths: StatePaths) -> None:
     clock.t += 1
     idx.touch("k", "s")
     idx.tick()
-    assert idx.flush_count == 1
+    assert idx.flush_count == 0  # the new entry went to the journal; nothing due yet
     clock.t += 40
     idx.maybe_prune(90)  # hook-driven tick also flushes when due
     assert on_disk(paths)["k"]["updated_at"] == iso(T0 + 1)
@@ -799,6 +841,308 @@ def test_heartbeat_does_not_refresh_activity(paths: StatePaths) -> None:
     idx.touch("k", "s", real_message=False)
     assert idx.get("k")["updated_at"] == iso(T0)  # type: ignore[index]
     assert idx.prune_old_entries(90) == 1
+
+
+# ---------------------------------------------------------------- journal (urgent changes)
+
+
+def test_new_entries_rotation_suspension_survive_a_crash_via_journal(
+    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_index(paths, {"old": entry("o1", created=T0 - DAY, updated=T0 - DAY, note="x")})
+    before = paths.session_index.read_bytes()
+    writes: list[Path] = []
+    real = si.atomic_write  # type: ignore[attr-defined]
+
+    def spy(p: Path, d: Any, *a: Any, **k: Any) -> None:
+        writes.append(p)
+        real(p, d, *a, **k)
+
+    monkeypatch.setattr(si, "atomic_write", spy)
+    clock = Clock()
+    idx = make(paths, clock)
+    for i in range(50):
+        clock.t += 0.1
+        idx.touch(f"new-{i}", f"n{i}", platform="discord", agent="ops")
+    idx.touch("old", "o2")  # rotation of a loaded entry
+    idx.set_suspended("new-3", True)
+    idx.touch("new-4", "n4", platform="slack")  # label change
+    assert writes == [] and idx.flush_count == 0  # no full rewrite on the message path
+    assert idx.journal_count == 53
+    assert paths.session_index.read_bytes() == before
+    got = after_crash(paths, clock)
+    assert list(got) == ["old", *(f"new-{i}" for i in range(50))]
+    assert got == idx.entries()
+    assert got["old"]["session_id"] == "o2" and got["old"]["note"] == "x"
+    assert got["new-3"]["suspended"] is True
+    assert got["new-4"]["platform"] == "slack" and got["new-4"]["agent"] == "ops"
+    lines = journal_lines(paths)
+    assert lines[0] == {"op": "put", "key": "new-0", "entry": idx.entries()["new-0"]}
+    assert all(b"\n" not in json.dumps(r).encode() for r in lines)  # one compact line each
+
+
+def test_recovered_journal_is_absorbed_by_the_next_flush(paths: StatePaths) -> None:
+    clock = Clock()
+    idx = make(paths, clock)
+    idx.touch("a", "s1")
+    idx.touch("b", "s2")
+    del idx  # crash
+    again = make(paths, clock)
+    assert set(again.entries()) == {"a", "b"}
+    assert journal(paths).exists()
+    again.close()  # the replayed state is written out and the journal removed
+    assert set(on_disk(paths)) == {README_KEY, "a", "b"}
+    assert not journal(paths).exists()
+    assert set(after_crash(paths)) == {"a", "b"}
+
+
+def test_journal_reset_after_flush_and_replay_is_idempotent(
+    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    idx = make(paths, clock)
+    idx.touch("a", "s1")
+    idx.set_suspended("a", True)
+    idx.touch("b", "s2")
+    assert len(journal_lines(paths)) == 3
+    clock.t += 20
+    idx.touch("a", "s1")  # coalesced: only in memory
+    idx.end_session()
+    assert not journal(paths).exists()  # the flush wrote the index, then dropped the journal
+    assert on_disk(paths)["a"]["updated_at"] == iso(T0 + 20)
+    # The next urgent change starts a fresh journal.
+    idx.touch("c", "s3")
+    assert [r["key"] for r in journal_lines(paths)] == ["c"]
+
+    # Crash between the index write and the journal removal: the old lines
+    # are replayed over an index that already holds them.
+    stale = journal(paths).read_bytes()
+    clock.t += 10
+    idx.touch("c", "s3")
+    idx.flush()
+    assert not journal(paths).exists()
+    journal(paths).write_bytes(stale)
+    got = after_crash(paths, clock)
+    assert got == idx.entries()
+    assert got["c"]["updated_at"] == iso(T0 + 30)  # not moved back to the line's T0 + 20
+
+
+def test_torn_last_journal_line_is_skipped_and_appends_continue(
+    paths: StatePaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    idx = make(paths, clock)
+    idx.touch("a", "s1")
+    idx.touch("b", "s2")
+    # A crash in the middle of the third append leaves half a line.
+    with journal(paths).open("ab") as f:
+        f.write(b'{"op":"put","key":"c","entry":{"session_id":"s3","crea')
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        again = make(paths, clock)
+    assert set(again.entries()) == {"a", "b"}
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("torn last line 3" in m for m in msgs), msgs
+    assert all(m.startswith("[token-optimizer] ") for m in msgs)
+    # A new line after the torn one stays readable.
+    again.touch("d", "s4")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        assert set(after_crash(paths, clock)) == {"a", "b", "d"}
+    assert any("skipping line 3" in r.getMessage() for r in caplog.records)
+
+
+def test_invalid_journal_lines_are_skipped_with_a_warning(
+    paths: StatePaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_index(paths, {"keep": entry("k1", created=T0, updated=T0)})
+    good = {"op": "put", "key": "ok", "entry": entry("s1", created=T0, updated=T0)}
+    lines = [
+        json.dumps(good),
+        "not json",
+        "[1, 2]",
+        json.dumps({"op": "put", "key": "_README", "entry": entry("x", created=T0, updated=T0)}),
+        json.dumps({"op": "put", "key": "_meta", "entry": entry("x", created=T0, updated=T0)}),
+        json.dumps({"op": "del", "key": "_README"}),
+        json.dumps({"op": "put", "key": "no-id", "entry": {"created_at": iso(T0)}}),
+        json.dumps({"op": "put", "key": "not-obj", "entry": "oops"}),
+        json.dumps({"op": "zap", "key": "keep"}),
+        json.dumps({"op": "put", "entry": entry("x", created=T0, updated=T0)}),
+        "",
+        "\x00\x00\x00",
+    ]
+    journal(paths).write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        idx = make(paths)
+    assert list(idx.entries()) == ["keep", "ok"]
+    assert idx.get("_README") is None and idx.get("_meta") is None
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12):
+        assert f"line {n} " in warned, n
+    assert "line 1 " not in warned and "line 11 " not in warned
+    idx.close()
+    assert list(on_disk(paths)) == [README_KEY, "keep", "ok"]
+
+
+def test_pruned_entry_is_not_resurrected_by_the_journal(
+    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    idx = make(paths, clock, flush_interval_s=1000 * DAY)  # only the prune writes the index
+    idx.touch("gone", "s1")
+    idx.touch("stays", "s2")
+    clock.t += 100 * DAY
+    idx.touch("stays", "s2")
+    assert idx.prune_old_entries(90) == 1
+    assert not journal(paths).exists()  # the prune's full write dropped the journal
+    assert set(after_crash(paths, clock)) == {"stays"}
+
+    # Crash between the prune's index write and the journal removal: the
+    # journal still has the key's "put", but a "del" line was appended first.
+    idx.touch("gone", "s3")
+    clock.t += 100 * DAY
+    idx.touch("stays", "s2")
+    monkeypatch.setattr(idx, "_reset_journal_locked", lambda: None)
+    assert idx.prune_old_entries(90) == 1
+    assert [(r["op"], r["key"]) for r in journal_lines(paths)] == [("put", "gone"), ("del", "gone")]
+    assert set(after_crash(paths, clock)) == {"stays"}
+    # ... and a later re-creation of the key is replayed normally.
+    idx.touch("gone", "s4")
+    assert after_crash(paths, clock)["gone"]["session_id"] == "s4"
+
+
+def test_prune_of_entries_unknown_to_the_journal_appends_nothing(paths: StatePaths) -> None:
+    write_index(paths, {"old": entry("o", created=T0 - 200 * DAY, updated=T0 - 200 * DAY)})
+    idx = make(paths)
+    assert idx.prune_old_entries(90) == 1
+    assert idx.journal_count == 0 and not journal(paths).exists()
+
+
+def test_symlinked_journal_is_refused(
+    paths: StatePaths, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "elsewhere.jsonl"
+    evil = {"op": "put", "key": "evil", "entry": entry("x", created=T0, updated=T0)}
+    target.write_text(json.dumps(evil) + "\n")
+    write_index(paths, {"k": entry("s", created=T0, updated=T0)})
+    journal(paths).symlink_to(target)
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        idx = make(paths)
+        assert list(idx.entries()) == ["k"]  # the symlinked journal is ignored
+        idx.touch("new", "n1")  # cannot append through it: the whole index is written
+    msgs = " ".join(r.getMessage() for r in caplog.records)
+    assert "journal refused" in msgs and "symlink" in msgs
+    assert "journal append failed" in msgs
+    assert target.read_text() == json.dumps(evil) + "\n"
+    assert journal(paths).is_symlink()
+    assert set(on_disk(paths)) == {README_KEY, "k", "new"}
+    assert set(after_crash(paths)) == {"k", "new"}
+    idx.close()
+    assert journal(paths).is_symlink()  # never removed or followed
+    assert target.read_text() == json.dumps(evil) + "\n"
+
+
+def test_journal_append_failure_falls_back_to_a_full_write(
+    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idx = make(paths, flush_interval_s=3600)
+
+    def no_journal(p: Path, d: bytes) -> bool:
+        raise OSError("read-only")
+
+    monkeypatch.setattr(si, "_append_durable", no_journal)
+    idx.touch("k", "s")
+    assert idx.flush_count == 1 and list(on_disk(paths)) == [README_KEY, "k"]
+
+
+def test_close_journals_what_it_cannot_write(
+    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idx = make(paths, flush_interval_s=3600)
+    real_append = si._append_durable
+    state = {"journal_ok": False}
+
+    def flaky_journal(p: Path, d: bytes) -> bool:
+        if not state["journal_ok"]:
+            raise OSError("journal busy")
+        return real_append(p, d)
+
+    def no_index(p: Path, d: Any, *a: Any, **k: Any) -> None:
+        raise OSError("index read-only")
+
+    monkeypatch.setattr(si, "_append_durable", flaky_journal)
+    monkeypatch.setattr(si, "atomic_write", no_index)
+    idx.touch("k", "s")  # neither the journal nor the index could take it
+    assert not journal(paths).exists() and not paths.session_index.exists()
+    state["journal_ok"] = True
+    idx.close()  # the full write fails again; the journal takes the entry
+    assert set(after_crash(paths)) == {"k"}
+
+
+def test_journal_growth_triggers_a_full_write(
+    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(si, "JOURNAL_COMPACT_BYTES", 1000)
+    idx = make(paths, flush_interval_s=3600)
+    sizes: list[int] = []
+    for i in range(60):
+        idx.touch(f"k{i}", f"s{i}")
+        sizes.append(journal(paths).stat().st_size if journal(paths).exists() else 0)
+    # compacted when the journal outgrew max(limit, index size): amortised O(1)
+    assert 2 <= idx.flush_count < 10
+    index_size = paths.session_index.stat().st_size
+    assert max(sizes) < max(1000, index_size) + 200
+    assert set(after_crash(paths)) == {f"k{i}" for i in range(60)}
+
+
+def test_journal_refuses_fifo(paths: StatePaths, caplog: pytest.LogCaptureFixture) -> None:
+    paths.root.mkdir(parents=True)
+    os.mkfifo(journal(paths))
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        idx = make(paths)  # must not block on the FIFO
+        idx.touch("k", "s")
+    assert "not a regular file" in " ".join(r.getMessage() for r in caplog.records)
+    assert set(on_disk(paths)) == {README_KEY, "k"}
+
+
+def test_cli_reads_index_plus_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    root = tmp_path / "state"
+    p = seed_for_cli(root)
+    clock = Clock(time.time() - 150 * DAY)
+    idx = SessionIndex(p, clock=clock, flush_interval_s=1e12)
+    idx.touch("agent:main:telegram:dm:5", "stale-5")  # expired, only in the journal
+    clock.t += 150 * DAY
+    idx.touch("agent:main:telegram:dm:4", "journal-4")  # only in the journal
+    idx.touch("agent:main:telegram:dm:1", "rotated-1")  # rotation, only in the journal
+    del idx  # the gateway died without flushing
+    assert set(on_disk(p)) == {README_KEY, *(f"agent:main:telegram:dm:{i}" for i in (1, 2, 3))}
+
+    assert run_cli(["--home", str(root), "sessions", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["session_key"]: r for r in out["sessions"]}
+    assert out["count"] == 5
+    assert rows["agent:main:telegram:dm:4"]["session_id"] == "journal-4"
+    assert rows["agent:main:telegram:dm:1"]["session_id"] == "rotated-1"
+    assert journal(p).exists()  # listing writes nothing
+
+    assert run_cli(["--home", str(root), "prune", "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out["keys"]) == ["agent:main:telegram:dm:2", "agent:main:telegram:dm:5"]
+    assert journal(p).exists()
+
+    assert run_cli(["--home", str(root), "prune", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["removed"] == 2 and out["remaining"] == 3
+    assert not journal(p).exists()
+    assert set(on_disk(p)) == {
+        README_KEY,
+        "agent:main:telegram:dm:1",
+        "agent:main:telegram:dm:3",
+        "agent:main:telegram:dm:4",
+    }
+    assert on_disk(p)["agent:main:telegram:dm:1"]["session_id"] == "rotated-1"
+    assert set(after_crash(p)) == {f"agent:main:telegram:dm:{i}" for i in (1, 3, 4)}
 
 
 # ---------------------------------------------------------------- config

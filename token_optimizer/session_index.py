@@ -16,9 +16,25 @@ Rules this module keeps (spec: session-bounds.md §3-§5):
 * **Coalesced writes.** A touch on a known entry only updates memory (O(1));
   the file is rewritten at most once per ``flush_interval_s`` (default 30 s),
   plus at session end (:meth:`end_session` / :meth:`flush`), after a prune
-  that removed something and at shutdown (:meth:`close`). A *new* entry, an
-  id rotation and a change of ``suspended`` are flushed at once, so a crash
-  may lose some ``updated_at`` precision but never an entry.
+  that removed something and at shutdown (:meth:`close`). A crash may lose
+  up to one flush interval of ``updated_at`` precision, but never an entry.
+* **Journal for urgent changes.** A *new* entry, an id rotation, a change of
+  ``suspended`` (or of the platform / agent) must survive a crash, but must
+  not cost an O(n) rewrite. Each one appends one compact JSON line with the
+  entry's full new state to ``<root>/session-index.journal.jsonl`` (0600,
+  ``O_NOFOLLOW``, fsynced; the directory is fsynced when the file is created),
+  which is O(1) in the index size. A full write (the periodic flush, session end,
+  prune, shutdown, or the journal outgrowing the index) writes the index
+  atomically first and only then removes the journal; a crash between the
+  two replays lines the index already holds, which is idempotent (a replayed
+  line never moves ``updated_at`` back for the same session id, and a prune
+  first appends a ``del`` line for every removed key the journal mentions,
+  so a pruned key is never resurrected). Loading replays the journal over
+  the index, later lines winning; a torn or invalid line is skipped with a
+  warning, ``_``-prefixed keys are ignored and a symlinked journal is refused.
+  If the journal cannot be appended to, the whole index is written instead
+  (the pre-journal behaviour), and if that fails too the change is retried
+  on the next message.
 * **Lazy creation.** A session seen only through a handshake, a
   ``session_start``, a probe or a heartbeat (:meth:`note_session`, or
   :meth:`touch` with ``real_message=False``) is held in a bounded in-memory
@@ -54,10 +70,13 @@ import orjson
 
 from token_optimizer.bounded import BoundedMap
 from token_optimizer.fsutil import (
+    FILE_MODE,
+    O_NOFOLLOW,
     StatePaths,
     UnsafePathError,
     atomic_write,
     ensure_dir,
+    fsync_dir,
     read_text_no_follow,
     remove_tree_safely,
     resolve_paths,
@@ -79,12 +98,22 @@ README_TEXT = (
     "with their per-session token-optimizer state (checkpoints/, read-cache/). Full conversation "
     "history stays with the host: OpenClaw keeps transcripts in "
     "~/.openclaw/agents/<agent>/sessions/<session-id>.jsonl, Hermes keeps them in "
-    "$HERMES_HOME/state.db. Keys starting with '_' are ignored by readers. Inspect with "
-    "'token-optimizer sessions'; prune with 'token-optimizer prune'."
+    "$HERMES_HOME/state.db. Keys starting with '_' are ignored by readers. Lanes created or "
+    "changed since this file was last written (at most ~30 s while the gateway runs) are "
+    "recorded in session-index.journal.jsonl next to it, which readers replay over this file. "
+    "Inspect with 'token-optimizer sessions'; prune with 'token-optimizer prune'."
 )
 
 PRUNE_INTERVAL_S = 3600.0
 """:meth:`SessionIndex.maybe_prune` prunes at most once per this many seconds."""
+
+JOURNAL_NAME = "session-index.journal.jsonl"
+"""Append-only journal of urgent changes, next to the index file."""
+
+JOURNAL_COMPACT_BYTES = 4 << 20
+"""A journal larger than this (and than the index itself) triggers a full write."""
+
+_MAX_JOURNAL_WARNINGS = 10
 
 _KNOWN_FIELDS = frozenset(
     {"session_key", "session_id", "created_at", "updated_at", "suspended", "platform", "agent"}
@@ -218,6 +247,110 @@ def _names_in(directory: Path) -> set[str]:
         return set()
 
 
+def _parse_entry(key: str, value: object, now: float, where: str) -> tuple[_Entry | None, bool]:
+    """One stored entry object -> ``(_Entry, repaired)``; ``(None, False)`` (warned) when unusable."""
+    if not isinstance(value, dict):
+        log.warning(
+            "[token-optimizer] %s: skipping entry %r (not an object: %s)",
+            where,
+            key,
+            type(value).__name__,
+        )
+        return None, False
+    sid = value.get("session_id")
+    if not isinstance(sid, str) or not sid:
+        log.warning("[token-optimizer] %s: skipping entry %r (no session_id)", where, key)
+        return None, False
+    repaired = False
+    created = value.get("created_at")
+    updated_raw = value.get("updated_at")
+    updated_s = _parse_ts(updated_raw)
+    updated_iso = updated_raw if isinstance(updated_raw, str) else None
+    if not math.isfinite(updated_s):
+        # Unknown age: fall back to created_at, else count it as seen now
+        # (it then ages out normally instead of living forever).
+        updated_s = _parse_ts(created)
+        if not math.isfinite(updated_s):
+            updated_s = now
+        updated_iso = None
+        repaired = True
+        log.warning("[token-optimizer] %s: entry %r has no readable updated_at", where, key)
+    if not isinstance(created, str):
+        created = updated_iso if updated_iso is not None else _iso(updated_s)
+        repaired = True
+    platform = value.get("platform")
+    agent = value.get("agent")
+    extra = {k: v for k, v in value.items() if k not in _KNOWN_FIELDS} or None
+    e = _Entry(
+        sid,
+        created,
+        updated_s,
+        updated_iso=updated_iso,
+        suspended=value.get("suspended") is True,
+        platform=platform if isinstance(platform, str) else None,
+        agent=agent if isinstance(agent, str) else None,
+        extra=extra,
+    )
+    return e, repaired
+
+
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_journal(path: Path) -> bytes | None:
+    """The journal's bytes; ``None`` when absent. Refuses (raises) symlinks and non-regular files.
+
+    ``O_NONBLOCK`` keeps a FIFO planted at the path from blocking the open.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise UnsafePathError(f"{kind}: {path}")
+    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"not a regular file: {path}")
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _append_durable(path: Path, data: bytes) -> bool:
+    """Append ``data`` to ``path`` and fsync it; return ``True`` when the file was empty or new.
+
+    Refuses a symlink at the final component (``O_NOFOLLOW``) and anything
+    but a regular file; creates the file with mode 0600. If the file does not
+    end with a newline (a torn line left by a crash), a newline is written
+    first so the new line stays readable. The caller fsyncs the directory
+    when this returns ``True``, so a newly created journal survives a crash.
+    """
+    fd = os.open(
+        path,
+        os.O_RDWR | os.O_CREAT | os.O_APPEND | O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC,
+        FILE_MODE,
+    )
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"not a regular file: {path}")
+        if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return st.st_size == 0
+
+
 class SessionIndex:
     """Routing index with coalesced writes, lazy creation and TTL pruning.
 
@@ -238,6 +371,7 @@ class SessionIndex:
     ) -> None:
         self.paths = paths
         self.path = paths.session_index
+        self.journal_path = self.path.with_name(JOURNAL_NAME)
         self.active_work = active_work
         self.pending_restore = pending_restore
         self.flush_interval_s = float(flush_interval_s)
@@ -246,8 +380,16 @@ class SessionIndex:
         self._entries: dict[str, _Entry] = {}
         # Sessions seen without a real message: transient, bounded, never serialised.
         self._pending: BoundedMap[str, _Entry] = BoundedMap("session_index.pending")
-        self._dirty = False  # coalesced changes (updated_at touches) not yet on disk
-        self._urgent = False  # changes that must reach disk on the next chance
+        self._dirty = False  # changes (updated_at touches included) not yet in the index file
+        # Keys with an urgent change (new entry, rotation, suspension, platform/agent)
+        # not yet durable in the journal or the index; insertion-ordered set.
+        self._unjournaled: dict[str, None] = {}
+        self._journaled: set[str] = set()  # keys with a line in the journal on disk
+        self._journal_exists = False  # we created / found a regular journal file
+        self._journal_bytes = 0
+        self._journal_warned = False
+        self._index_bytes = 0  # size of the index file last read or written
+        self._write_ok = True  # the last full-write attempt succeeded
         self._last_flush = clock()
         self._last_prune: float | None = None
         self._corrupt_file = False  # the file on disk could not be parsed; back it up once
@@ -255,11 +397,17 @@ class SessionIndex:
         self._revived: list[str] = []  # ids (re)introduced while a removal is in progress
         self.flush_count = 0
         """Number of successful index writes (for tests and the benchmark)."""
+        self.journal_count = 0
+        """Number of successful journal appends (for tests and the benchmark)."""
         self._load()
 
     # ------------------------------------------------------------ load / save
 
     def _load(self) -> None:
+        self._load_index()
+        self._load_journal()
+
+    def _load_index(self) -> None:
         try:
             text = read_text_no_follow(self.path)
         except FileNotFoundError:
@@ -267,6 +415,7 @@ class SessionIndex:
         except OSError as e:
             log.warning("[token-optimizer] session index %s not read: %s", self.path, e)
             return
+        self._index_bytes = len(text)
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError as e:
@@ -291,52 +440,95 @@ class SessionIndex:
         for key, value in data.items():
             if key.startswith("_"):
                 continue
-            if not isinstance(value, dict):
-                log.warning(
-                    "[token-optimizer] session index: skipping entry %r (not an object: %s)",
-                    key,
-                    type(value).__name__,
-                )
-                continue
-            sid = value.get("session_id")
-            if not isinstance(sid, str) or not sid:
-                log.warning(
-                    "[token-optimizer] session index: skipping entry %r (no session_id)", key
-                )
-                continue
-            created = value.get("created_at")
-            updated_raw = value.get("updated_at")
-            updated_s = _parse_ts(updated_raw)
-            updated_iso = updated_raw if isinstance(updated_raw, str) else None
-            if not math.isfinite(updated_s):
-                # Unknown age: fall back to created_at, else count it as seen now
-                # (it then ages out normally instead of living forever).
-                updated_s = _parse_ts(created)
-                if not math.isfinite(updated_s):
-                    updated_s = now
-                updated_iso = None
-                repaired = True
-                log.warning(
-                    "[token-optimizer] session index: entry %r has no readable updated_at", key
-                )
-            if not isinstance(created, str):
-                created = updated_iso if updated_iso is not None else _iso(updated_s)
-                repaired = True
-            platform = value.get("platform")
-            agent = value.get("agent")
-            extra = {k: v for k, v in value.items() if k not in _KNOWN_FIELDS} or None
-            self._entries[key] = _Entry(
-                sid,
-                created,
-                updated_s,
-                updated_iso=updated_iso,
-                suspended=value.get("suspended") is True,
-                platform=platform if isinstance(platform, str) else None,
-                agent=agent if isinstance(agent, str) else None,
-                extra=extra,
-            )
+            parsed, fixed = _parse_entry(key, value, now, "session index")
+            if parsed is not None:
+                self._entries[key] = parsed
+                repaired |= fixed
         if repaired:
             self._dirty = True
+
+    def _load_journal(self) -> None:
+        """Replay the journal over the loaded index (later lines win). Writes nothing."""
+        try:
+            data = _read_journal(self.journal_path)
+        except UnsafePathError as e:
+            log.warning(
+                "[token-optimizer] session index journal refused (%s); it is ignored and never "
+                "written through",
+                e,
+            )
+            return
+        except OSError as e:
+            log.warning(
+                "[token-optimizer] session index journal %s not read: %s", self.journal_path, e
+            )
+            return
+        if data is None:
+            return
+        self._journal_exists = True
+        self._journal_bytes = len(data)
+        if not data:
+            return
+        # Whatever it holds, the next full write absorbs it and removes the file.
+        self._dirty = True
+        now = self._clock()
+        lines = data.split(b"\n")
+        bad = 0
+        for lineno, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            why = self._replay_line(raw, now)
+            if why is None:
+                continue
+            bad += 1
+            if bad <= _MAX_JOURNAL_WARNINGS:
+                torn = lineno == len(lines)  # no newline after it: a write cut short
+                log.warning(
+                    "[token-optimizer] session index journal %s: skipping %sline %d (%s)",
+                    self.journal_path.name,
+                    "torn last " if torn else "",
+                    lineno,
+                    why,
+                )
+        if bad > _MAX_JOURNAL_WARNINGS:
+            log.warning(
+                "[token-optimizer] session index journal %s: %d unreadable lines skipped in all",
+                self.journal_path.name,
+                bad,
+            )
+
+    def _replay_line(self, raw: bytes, now: float) -> str | None:
+        """Apply one journal line; return why it was skipped, or ``None`` when applied."""
+        try:
+            rec = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return "not valid JSON"
+        if not isinstance(rec, dict):
+            return "not an object"
+        key = rec.get("key")
+        if not isinstance(key, str) or not key:
+            return "no key"
+        if key.startswith("_"):
+            return f"reserved key {key!r}"
+        op = rec.get("op")
+        if op == "del":
+            self._entries.pop(key, None)
+            self._journaled.add(key)
+            return None
+        if op != "put":
+            return f"unknown op {op!r}"
+        e, _ = _parse_entry(key, rec.get("entry"), now, "session index journal")
+        if e is None:
+            return "unusable entry"
+        cur = self._entries.get(key)
+        if cur is not None and cur.session_id == e.session_id and cur.updated_s > e.updated_s:
+            # A line the index already absorbed (crash between the index write and
+            # the journal removal): never move last activity back.
+            e.updated_s = cur.updated_s
+            e.updated_iso = cur.updated_iso
+        self._entries[key] = e
+        self._journaled.add(key)
+        return None
 
     def _serialise(self) -> bytes:
         doc: dict[str, Any] = {README_KEY: README_TEXT}
@@ -345,7 +537,10 @@ class SessionIndex:
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
     def _write_locked(self) -> None:
-        """Serialise and atomically replace the file (caller holds the lock). Raises on failure."""
+        """Serialise and atomically replace the file, then drop the journal (caller holds the lock).
+
+        Raises when the index write fails (the journal is then kept).
+        """
         ensure_dir(self.path.parent, base=self.path.parent)
         data = self._serialise()
         if self._corrupt_file:
@@ -358,10 +553,74 @@ class SessionIndex:
                 if stat.S_ISREG(st.st_mode) and not os.path.lexists(backup):
                     os.replace(self.path, backup)
             self._corrupt_file = False
-        atomic_write(self.path, data)
+        atomic_write(self.path, data)  # fsynced file and directory: durable before the journal goes
         self._dirty = False
-        self._urgent = False
+        self._unjournaled.clear()
+        self._index_bytes = len(data)
         self.flush_count += 1
+        self._reset_journal_locked()
+
+    def _reset_journal_locked(self) -> None:
+        """Remove the journal after a durable index write (its lines are all in the index).
+
+        A crash before the removal reaches the disk only replays absorbed lines.
+        A symlink or other non-regular file at the path is left alone.
+        """
+        if not self._journal_exists:
+            return
+        p = self.journal_path
+        try:
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            # Kept: replaying it is idempotent, and _journaled still guards prunes.
+            log.warning("[token-optimizer] session index journal %s not removed: %s", p, e)
+            return
+        self._journal_exists = False
+        self._journal_bytes = 0
+        self._journaled.clear()
+
+    def _journal_locked(self) -> bool:
+        """Append one line per key in ``_unjournaled`` (its full state, or ``del``) and fsync.
+
+        O(number of keys), independent of the index size. Returns ``False``
+        (warned once per index, debug afterwards) when the append failed.
+        """
+        keys = list(self._unjournaled)
+        parts: list[bytes] = []
+        for k in keys:
+            e = self._entries.get(k)
+            rec: dict[str, Any] = (
+                {"op": "del", "key": k}
+                if e is None
+                else {"op": "put", "key": k, "entry": e.to_json(k)}
+            )
+            parts.append(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
+        data = b"".join(parts)
+        try:
+            if not self._journal_exists:
+                ensure_dir(self.path.parent, base=self.path.parent)
+            if _append_durable(self.journal_path, data):
+                fsync_dir(self.journal_path.parent)
+        except Exception as e:
+            level = logging.DEBUG if self._journal_warned else logging.WARNING
+            self._journal_warned = True
+            log.log(
+                level,
+                "[token-optimizer] session index journal append failed (%s); writing the whole "
+                "index instead",
+                e,
+            )
+            return False
+        self._journal_exists = True
+        self._journal_bytes += len(data)
+        self._journaled.update(keys)
+        self._unjournaled.clear()
+        self.journal_count += 1
+        return True
 
     def _try_write_locked(self, now: float, why: str) -> bool:
         try:
@@ -369,19 +628,26 @@ class SessionIndex:
         except Exception as e:
             log.warning("[token-optimizer] session index write (%s) failed, will retry: %s", why, e)
             # Coalesced touches wait a full interval before the next attempt;
-            # urgent changes (new entry, rotation, suspension) retry on the next message.
+            # urgent changes the journal could not take retry on the next message.
             self._last_flush = now
+            self._write_ok = False
             return False
         self._last_flush = now
+        self._write_ok = True
         return True
 
     def _maybe_flush_locked(self, now: float) -> None:
-        if self._urgent:
-            self._try_write_locked(now, "new entry")
-        elif self._dirty and (
-            now - self._last_flush >= self.flush_interval_s or now < self._last_flush
-        ):
-            self._try_write_locked(now, "periodic")
+        if not (self._dirty or self._unjournaled):
+            return
+        due = now - self._last_flush >= self.flush_interval_s or now < self._last_flush
+        if due and self._try_write_locked(now, "periodic"):
+            return
+        if self._unjournaled and not self._journal_locked():
+            if not due:  # a failed periodic write was just attempted otherwise
+                self._try_write_locked(now, "new entry")
+            return
+        if self._write_ok and self._journal_bytes >= max(JOURNAL_COMPACT_BYTES, self._index_bytes):
+            self._try_write_locked(now, "journal compaction")
 
     # ------------------------------------------------------------ recording
 
@@ -409,6 +675,17 @@ class SessionIndex:
         since the last call (reported once per rotation), else ``None``.
         Only ``real_message=True`` (a real user message) creates or refreshes
         the persisted entry; other calls are transient marks.
+
+        ``platform`` and ``agent`` are optional labels stored on the entry
+        (``None`` or empty leaves the stored value unchanged). ``agent`` is the
+        host's agent / profile id; besides being listed by ``token-optimizer
+        sessions`` it names the read-cache files (``<agent>-<session id>.json``)
+        removed with the entry when it is pruned.
+
+        Cost: refreshing a known entry is O(1) in memory; a new entry, a
+        rotation or a platform/agent change appends one fsynced journal line
+        (O(1) in the index size); the whole index is rewritten at most once
+        per ``flush_interval_s``.
         """
         if not isinstance(session_key, str) or not session_key or session_key.startswith("_"):
             log.debug("[token-optimizer] session index: ignoring session key %r", session_key)
@@ -471,7 +748,7 @@ class SessionIndex:
             )
             self._entries[key] = entry
             self._note_id_locked(sid)
-            self._urgent = True
+            self._unjournaled[key] = None
         elif entry.session_id != sid:
             # A new conversation under the same lane: it starts unsuspended
             # unless the suspension was set while it was still transient.
@@ -486,14 +763,18 @@ class SessionIndex:
                 entry.agent = agent
             entry.changed()
             self._note_id_locked(sid)
-            self._urgent = True
+            self._unjournaled[key] = None
         else:
             entry.updated_s = now
             entry.updated_iso = None
+            # Labels are journaled too (rare), so a journal line always holds the
+            # entry's latest state but for updated_at: replaying it is idempotent.
             if platform is not None and platform != entry.platform:
                 entry.platform = platform
+                self._unjournaled[key] = None
             if agent is not None and agent != entry.agent:
                 entry.agent = agent
+                self._unjournaled[key] = None
             entry.changed()
         self._dirty = True
         self._maybe_flush_locked(now)
@@ -504,7 +785,7 @@ class SessionIndex:
             self._revived.append(session_id)
 
     def set_suspended(self, session_key: str, suspended: bool) -> None:
-        """Mark an entry suspended (never pruned) or resumed. Persisted at once when it changes."""
+        """Mark an entry suspended (never pruned) or resumed. Journaled at once when it changes."""
         try:
             with self._lock:
                 flag = bool(suspended)
@@ -525,7 +806,7 @@ class SessionIndex:
                     entry.suspended = flag
                     entry.changed()
                     self._dirty = True
-                    self._urgent = True
+                    self._unjournaled[session_key] = None
                     self._maybe_flush_locked(self._clock())
         except Exception as e:
             log.warning("[token-optimizer] session index set_suspended failed: %s", e)
@@ -561,15 +842,22 @@ class SessionIndex:
         return len(self._entries)
 
     def pending_count(self) -> int:
+        """Sessions held only as transient (never written) marks: handshakes, probes, resets."""
         return len(self._pending)
 
     # ------------------------------------------------------------ flushing
 
     def flush(self) -> None:
-        """Write the index now if anything changed since the last write. Never raises."""
+        """Write the index now (and drop the journal) if anything changed since the last write.
+
+        Never raises. If the write fails, urgent changes not yet journaled are
+        journaled, so they survive (as the journal's earlier lines do).
+        """
         with self._lock:
-            if self._dirty or self._urgent:
-                self._try_write_locked(self._clock(), "flush")
+            if not (self._dirty or self._unjournaled):
+                return
+            if not self._try_write_locked(self._clock(), "flush") and self._unjournaled:
+                self._journal_locked()
 
     def tick(self) -> None:
         """Write coalesced changes if the flush interval has passed (call from any hook)."""
@@ -659,6 +947,13 @@ class SessionIndex:
                     log.debug("[token-optimizer] session index: prune of %r failed: %s", key, ex)
             if not removed:
                 return []
+            # A key the journal still mentions gets a "del" line first, so a crash
+            # between the index write and the journal removal cannot resurrect it.
+            for key, _ in removed:
+                if key in self._journaled:
+                    self._unjournaled[key] = None
+            if self._unjournaled:
+                self._journal_locked()  # on failure the index write below still follows
             self._dirty = True
             self._try_write_locked(self._clock(), "prune")
             live_ids = [e.session_id for e in self._entries.values()]
