@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ def test_nudge_state_cleared_on_session_end(paths: StatePaths) -> None:
 
 
 def test_prior_scores_bounded_and_active_session_survives(paths: StatePaths) -> None:
-    rt = TokenOptimizer(paths.root, settings=NO_COOLDOWN)
+    # Every leaked session captures a quality checkpoint: skip fsync to keep this fast.
+    rt = TokenOptimizer(paths.root, settings=replace(NO_COOLDOWN, durable=False))
     # The active session stays below the nudge's fill floor, so it is scored on every turn.
     rt.handle("llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
                              "usage": {"input": 2000, "output": 900, "cacheRead": 30_000,

@@ -26,6 +26,7 @@ import os
 import re
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,8 @@ def _js_split_ws(s: str) -> list[str]:
 
 
 def keyword_relevance_score(
-    text: str, checkpoint_path: str | Path | None, content: str | None = None
+    text: str, checkpoint_path: str | Path | None, content: str | None = None,
+    *, content_tokens: set[str] | None = None,
 ) -> float:
     """Share of the prompt's topic tokens present in the checkpoint, in [0, 1]."""
     lower = text.lower()
@@ -191,7 +193,7 @@ def keyword_relevance_score(
             content = Path(checkpoint_path).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return 0.0
-    cp_tokens = topic_tokens(content)
+    cp_tokens = content_tokens if content_tokens is not None else topic_tokens(content)
     if not cp_tokens:
         return 0.0
     return len(prompt_tokens & cp_tokens) / len(prompt_tokens)
@@ -670,7 +672,11 @@ def _env_home() -> str:
     return h or ""
 
 
+RESCAN_INTERVAL_S = 30.0
+"""How often every known session directory is re-validated against the disk."""
 MANIFEST_CACHE_CAP = 20_000
+TOKEN_CACHE_CAP = 256
+"""Checkpoints whose text and tokens are remembered (a search reads at most 50)."""
 """Session directories whose parsed manifest is remembered (not per live session)."""
 
 
@@ -695,6 +701,13 @@ class Continuity:
         self._manifest_cache: BoundedMap[
             str, tuple[tuple[int, int, int], tuple[CheckpointEntry, ...]]
         ] = BoundedMap("continuity.manifest_cache", cap=MANIFEST_CACHE_CAP, register=False)
+        # Checkpoint text and topic tokens by path (artifacts are written once).
+        self._token_cache: BoundedMap[
+            str, tuple[tuple[int, int, int], str, set[str]]
+        ] = BoundedMap("continuity.token_cache", cap=TOKEN_CACHE_CAP, register=False)
+        self._scan_root: Path | None = None
+        self._scan_at = 0.0
+        self._dirty_dirs: set[str] = set()
 
     # ------------------------------------------------------------ discovery
 
@@ -720,29 +733,54 @@ class Continuity:
             names = sorted(os.listdir(root))
         except OSError:
             return []
+        clock = time.monotonic()
+        full = root != self._scan_root or clock - self._scan_at >= RESCAN_INTERVAL_S
+        if full:
+            self._scan_root, self._scan_at = root, clock
+        recheck = self._dirty_dirs
+        self._dirty_dirs = set()
         results: list[CheckpointEntry] = []
         for name in names:
-            # ``root`` is a realpath, so a real (non-symlink) directory entry of it is inside it.
-            session_dir = root / name
-            manifest = session_dir / "manifest.jsonl"
-            try:
-                if not stat.S_ISDIR(os.lstat(session_dir).st_mode):
-                    continue
-                mst = os.lstat(manifest)
-            except OSError:
-                continue
-            if not stat.S_ISREG(mst.st_mode):
-                continue
-            key = (mst.st_size, mst.st_mtime_ns, mst.st_ino)
             cached = self._manifest_cache.get(name)
-            if cached is not None and cached[0] == key:
-                parsed = cached[1]
+            if cached is None or full or name in recheck:
+                parsed = self._check_dir(root, name, cached)
             else:
-                parsed = self._parse_manifest(manifest, session_dir)
-                self._manifest_cache.set(name, (key, parsed))
+                parsed = cached[1]
             results.extend(e for e in parsed if not e.created_at_ms < cutoff)
         results.sort(key=lambda e: -e.created_at_ms)
         return results
+
+    def note_capture(self, session_id: str) -> None:
+        """A checkpoint was just written for ``session_id``: re-read its manifest next time.
+
+        Between full re-validations (every ``RESCAN_INTERVAL_S``) only new session
+        directories and the ones noted here are examined, so a new session's first
+        turn does not ``lstat`` every prior session.
+        """
+        self._dirty_dirs.add(sanitize_checkpoint_id(session_id))
+
+    def _check_dir(
+        self, root: Path, name: str,
+        cached: tuple[tuple[int, int, int], tuple[CheckpointEntry, ...]] | None,
+    ) -> tuple[CheckpointEntry, ...]:
+        # ``root`` is a realpath, so a real (non-symlink) directory entry of it is inside it.
+        session_dir = root / name
+        manifest = session_dir / "manifest.jsonl"
+        try:
+            if not stat.S_ISDIR(os.lstat(session_dir).st_mode):
+                return ()
+            mst = os.lstat(manifest)
+        except OSError:
+            self._manifest_cache.discard(name)
+            return ()
+        if not stat.S_ISREG(mst.st_mode):
+            return ()
+        key = (mst.st_size, mst.st_mtime_ns, mst.st_ino)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        parsed = self._parse_manifest(manifest, session_dir)
+        self._manifest_cache.set(name, (key, parsed))
+        return parsed
 
     def _parse_manifest(self, manifest: Path, session_dir: Path) -> tuple[CheckpointEntry, ...]:
         try:
@@ -784,6 +822,25 @@ class Continuity:
             created_at_ms=ts,
         )
 
+    def _read_tokens(self, path: str) -> tuple[str, set[str]] | None:
+        """A checkpoint's text and topic tokens, cached while the file is unchanged."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        cached = self._token_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        content = self._read(path)
+        if content is None:
+            return None
+        tokens = topic_tokens(content)
+        self._token_cache.set(path, (key, content, tokens))
+        return content, tokens
+
     @staticmethod
     def _read(path: str) -> str | None:
         try:
@@ -809,10 +866,11 @@ class Continuity:
     def checkpoint_topic_score(
         self, text: str, entry: CheckpointEntry, cwd: str | None = None
     ) -> tuple[float, str]:
-        content = self._read(entry.path)
-        if content is None:
+        got = self._read_tokens(entry.path)
+        if got is None:
             return 0.0, ""
-        score = keyword_relevance_score(text, entry.path, content)
+        content, tokens = got
+        score = keyword_relevance_score(text, entry.path, content, content_tokens=tokens)
         if cwd and not self._is_generic_cwd(cwd) and _node_basename(cwd).lower() in content.lower():
             score += CWD_BONUS
         if (now_ms() - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:

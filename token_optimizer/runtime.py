@@ -229,6 +229,7 @@ class TokenOptimizer:
             model=ctx.model or None,
         )
         if res is not None:
+            self.continuity.note_capture(ctx.session_id)
             self._log("info", f"checkpoint saved ({decision.trigger}): {res.path}")
 
     def _evaluate(self, session_id: str, agent_id: str | None, event_kind: str,
@@ -462,6 +463,7 @@ class TokenOptimizer:
             messages = self.ledger.recent_messages(sid)
         res = self.store.capture(sid, messages, trigger="compact", event_kind="compact-before")
         if res is not None:
+            self.continuity.note_capture(sid)
             self._log("info", f"checkpoint saved: {res.path}")
         agent = ev.ident.agent_id or "default"
         # Remember the active-read credit before the cache is cleared (fixes the
