@@ -183,7 +183,12 @@ async function crash() {
   const before = bridge.spawnCount;
   result.respawnResult = await fire(disc.api, "before_tool_call", { toolName: "read", params: { path: "/nonexistent/y" } }, hostCtx);
   result.respawned = bridge.spawnCount - before;
-  const ping = await bridge.control({ type: "ping" });
+  // The respawned worker may still be importing on a loaded machine: retry the ping.
+  let ping;
+  for (let i = 0; i < 20 && !(ping && ping.result); i++) {
+    ping = await bridge.control({ type: "ping" });
+    if (!(ping && ping.result)) await sleep(250);
+  }
   result.pingAfterRespawn = ping && ping.result;
   result.pidsDiffer = ping && ping.result && ping.result.pid !== pid1;
   result.spawnCount = bridge.spawnCount;
