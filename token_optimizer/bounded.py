@@ -64,19 +64,25 @@ class _Bounded:
     def cap(self) -> int:
         return max(1, self._cap) if self._cap is not None else current_cap()
 
-    def _trim(self, just_written: object) -> None:
-        """Evict oldest entries while over the cap; caller holds the lock."""
+    def _trim(self) -> None:
+        """Evict oldest entries while over the cap; the caller holds the lock.
+
+        Callers write a key at the newest position just before, and the cap is at
+        least 1, so while the size exceeds the cap the oldest key is never the one
+        just written: the "never evict the key just written" rule holds by
+        construction.
+        """
         data = self._data
         cap = self._cap if self._cap is not None else MAX_TRACKED_SESSIONS
         if len(data) <= cap:  # fast path: no eviction needed
             return
         cap = max(1, int(cap))
+        popitem = data.popitem
+        n = 0
         while len(data) > cap:
-            oldest = next(iter(data))
-            if oldest == just_written:
-                break
-            data.popitem(last=False)
-            self.evictions += 1
+            popitem(last=False)
+            n += 1
+        self.evictions += n
 
     def __len__(self) -> int:
         return len(self._data)
@@ -112,10 +118,19 @@ class BoundedSet(_Bounded, Generic[K]):
         A key already present keeps its position (no recency refresh).
         """
         with self._lock:
-            if key in self._data:
+            data = self._data
+            if key in data:
                 return False
-            self._data[key] = None
-            self._trim(key)
+            data[key] = None
+            cap = self._cap
+            limit = MAX_TRACKED_SESSIONS if cap is None else cap
+            size = len(data)
+            if size > limit:
+                if size == limit + 1 and limit >= 1:  # steady churn: one out, one in
+                    data.popitem(last=False)
+                    self.evictions += 1
+                else:
+                    self._trim()
             return True
 
     def keys(self) -> list[K]:
@@ -138,7 +153,15 @@ class BoundedMap(_Bounded, Generic[K, V]):
             if key in data:
                 data.move_to_end(key)
             data[key] = value
-            self._trim(key)
+            cap = self._cap
+            limit = MAX_TRACKED_SESSIONS if cap is None else cap
+            size = len(data)
+            if size > limit:
+                if size == limit + 1 and limit >= 1:  # steady churn: one out, one in
+                    data.popitem(last=False)
+                    self.evictions += 1
+                else:
+                    self._trim()
 
     def get(self, key: K, default: V | None = None) -> V | None:
         """Read without reordering."""
@@ -164,7 +187,7 @@ class BoundedMap(_Bounded, Generic[K, V]):
                 return data[key]  # type: ignore[return-value]
             value = factory()
             data[key] = value
-            self._trim(key)
+            self._trim()
             return value
 
     def update_with(self, key: K, fn: Callable[[V | None], V]) -> V:
@@ -174,7 +197,7 @@ class BoundedMap(_Bounded, Generic[K, V]):
             old = data.pop(key, None)
             new = fn(old)  # type: ignore[arg-type]
             data[key] = new
-            self._trim(key)
+            self._trim()
             return new
 
     def keys(self) -> list[K]:
