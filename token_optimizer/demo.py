@@ -159,7 +159,8 @@ def _short(text: str, n: int = 300) -> str:
 
 
 def render(report: Mapping[str, Any]) -> str:
-    lines = [f"State root: {report['stateRoot']}", ""]
+    note = " (temporary, removed on exit; pass --home DIR to keep it)" if report.get("temporary") else ""
+    lines = [f"State root: {report['stateRoot']}{note}", ""]
     for st in report["steps"]:
         sid = st["session"]
         if st["step"] == "user turn":
@@ -204,6 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="token-optimizer-demo-") as tmp:
             report = run_demo(Path(tmp) / "state", Path(tmp) / "payments-service")
+            report["temporary"] = True
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
