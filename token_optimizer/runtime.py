@@ -343,14 +343,16 @@ class TokenOptimizer:
             except Exception as exc:
                 self._log("warn", f"cross-session continuity error: {exc}")
 
+        snapshot: _EventContext | None = None
         if sid not in self.nudge_fired:
             try:
-                self._nudge(sid, ident.agent_id, contributions)
+                snapshot = self._nudge(sid, ident.agent_id, contributions)
             except Exception as exc:
                 self._log("warn", f"fresh-session nudge error: {exc}")
 
         try:
-            self._evaluate(sid, ident.agent_id, "agent-turn-prepare")
+            # The nudge's snapshot is this turn's snapshot too: build it once.
+            self._evaluate(sid, ident.agent_id, "agent-turn-prepare", snapshot)
         except Exception as exc:
             # Unlike the reference, a failed evaluation does not discard the contributions.
             self._log("warn", f"runtime checkpoint evaluation error: {exc}")
@@ -381,16 +383,17 @@ class TokenOptimizer:
             self._log("info", f"no prior checkpoint matched: {sid} "
                               f"threshold={js_number(self.continuity.relevance_threshold)}")
 
-    def _nudge(self, sid: str, agent_id: str | None, out: list[str]) -> None:
+    def _nudge(self, sid: str, agent_id: str | None, out: list[str]) -> _EventContext | None:
+        """Evaluate the fresh-session nudge; returns the snapshot it was built from."""
         ctx = self._event_context(sid, agent_id, "agent-turn-prepare")
         if ctx is None:
-            return
+            return None
         has_prior = sid in self.prior_scores
         msg = build_fresh_session_nudge(ctx.quality_score, ctx.fill_pct, has_prior, ctx.model,
                                         ctx.context_window)
         self.prior_scores.set(sid, ctx.quality_score)
         if not msg:
-            return
+            return ctx
         self.nudge_fired.add(sid)
         saved, _window = fresh_session_savings_estimate(ctx.fill_pct, ctx.model, ctx.context_window)
         score = js_number(ctx.quality_score)
@@ -402,6 +405,7 @@ class TokenOptimizer:
             verified=False)
         out.append(msg)
         self._log("info", f"fresh-session nudge added: {sid} score={score} fill={fill}%")
+        return ctx
 
     def tool_before(self, ev: ToolBefore) -> HookOutcome:
         return self._run("before_tool_call", lambda: self._tool_before(ev))
