@@ -222,3 +222,20 @@ def registry_stats() -> list[dict[str, int | str]]:
 def total_evictions() -> int:
     with _registry_lock:
         return sum(c.evictions for c in _registry)
+
+
+class StripedLocks:
+    """A fixed set of re-entrant locks picked by key hash.
+
+    Gives per-session mutual exclusion without a per-session lock map (which
+    would be one more collection growing with sessions): two keys may share a
+    stripe, which only costs a little parallelism.
+    """
+
+    __slots__ = ("_locks",)
+
+    def __init__(self, stripes: int = 64) -> None:
+        self._locks = tuple(threading.RLock() for _ in range(max(1, stripes)))
+
+    def for_key(self, key: object) -> threading.RLock:
+        return self._locks[hash(key) % len(self._locks)]

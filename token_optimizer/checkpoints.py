@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from token_optimizer import fsutil
+from token_optimizer.bounded import StripedLocks
 from token_optimizer.jsutil import (
     dumps_compact,
     iso_from_ms,
@@ -142,6 +143,11 @@ def _well_formed(s: str) -> str:
     if not _SURROGATE.search(s):
         return s
     return s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _checkpoint_sid(session_id: object) -> str:
+    """The checkpoint-rule directory name for any session id value."""
+    return fsutil.sanitize_checkpoint_id(_well_formed(str(session_id)))
 
 
 def _js_cut(s: str, limit: int) -> str:
@@ -339,7 +345,7 @@ def semantic_digest(
     """The 64-hex digest the manifest stores (spec section 5.3)."""
     o = _make_options(trigger, reason, fill_pct, quality_score, tool_name, event_kind,
                       active_agents, write_count, write_burst_count, context_window, model)
-    sid = fsutil.sanitize_checkpoint_id(_well_formed(str(session_id)))
+    sid = _checkpoint_sid(session_id)
     return _semantic_digest(sid, _normalise_messages(messages), o)
 
 
@@ -514,10 +520,10 @@ class CheckpointStore:
         self._clock: Callable[[], int] = clock or now_ms
         # Striped (not per-session) locks: the dedup check, the artifact write
         # and the manifest append of one session must not interleave.
-        self._stripes = tuple(threading.RLock() for _ in range(_LOCK_STRIPES))
+        self._stripes = StripedLocks(_LOCK_STRIPES)
 
     def _lock(self, sid: str) -> threading.RLock:
-        return self._stripes[hash(sid) % _LOCK_STRIPES]
+        return self._stripes.for_key(sid)
 
     # -------------------------------------------------------------- paths
 
@@ -527,7 +533,7 @@ class CheckpointStore:
 
     def session_dir(self, session_id: str) -> Path:
         """Unresolved ``<root>/<sanitised id>`` (no I/O)."""
-        return self.root / fsutil.sanitize_checkpoint_id(_well_formed(str(session_id)))
+        return self.root / _checkpoint_sid(session_id)
 
     def _root_for_writes(self) -> Path:
         root = fsutil.ensure_dir(self.root, base=self.root)
@@ -668,7 +674,7 @@ class CheckpointStore:
         return self._capture_v1(session_id, _normalise_messages(messages), max_messages, o)
 
     def _capture_v1(self, session_id: str, msgs: list[_Msg], max_messages: int, o: _Options) -> CaptureResult | None:
-        sid = fsutil.sanitize_checkpoint_id(_well_formed(str(session_id)))
+        sid = _checkpoint_sid(session_id)
         session_dir = self._session_dir_for_writes(sid)
         body = _render_v1(sid, iso_from_ms(self._clock()), msgs, max_messages, o)
         return self._write(session_dir, sid, msgs, body, o, 1)
@@ -699,7 +705,7 @@ class CheckpointStore:
     def _capture_v2(self, session_id: str, msgs: list[_Msg], max_recent: int, o: _Options) -> CaptureResult | None:
         if not msgs:
             return self._capture_v1(session_id, msgs, max_recent, o)
-        sid = fsutil.sanitize_checkpoint_id(_well_formed(str(session_id)))
+        sid = _checkpoint_sid(session_id)
         try:
             session_dir = self._session_dir_for_writes(sid)
         except OSError as exc:

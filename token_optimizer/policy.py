@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from token_optimizer import fsutil, jsutil
-from token_optimizer.bounded import BoundedMap
+from token_optimizer.bounded import BoundedMap, StripedLocks
 from token_optimizer.fsutil import StatePaths, resolve_paths, sanitize_checkpoint_id
 
 log = logging.getLogger("token_optimizer.policy")
@@ -247,7 +247,7 @@ class CheckpointPolicy:
         self.paths = paths
         self.settings = settings if settings is not None else PolicySettings.from_env()
         self.states: BoundedMap[str, SessionCheckpointState] = BoundedMap("checkpoint-policy-states")
-        self._stripes = tuple(threading.RLock() for _ in range(_LOCK_STRIPES))
+        self._stripes = StripedLocks(_LOCK_STRIPES)
 
     # ------------------------------------------------------------ locking and keys
 
@@ -257,7 +257,7 @@ class CheckpointPolicy:
         return sanitize_checkpoint_id(session_id)
 
     def _lock_for(self, key: str) -> threading.RLock:
-        return self._stripes[hash(key) % _LOCK_STRIPES]
+        return self._stripes.for_key(key)
 
     @property
     def checkpoint_root(self) -> Path:
