@@ -41,6 +41,15 @@ class TurnPrepare:
     cwd: str | None = None
 
 
+def token_count(v: object) -> int:
+    """A token count from a host payload: a non-negative int; anything else is 0."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        return 0
+    if v in (float("inf"), float("-inf")):
+        return 0
+    return max(0, int(v))
+
+
 @dataclass(frozen=True)
 class Usage:
     """Token usage of one model call."""

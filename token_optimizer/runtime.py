@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -45,6 +44,7 @@ from token_optimizer.events import (
     ToolBefore,
     TurnPrepare,
     Usage,
+    token_count,
 )
 from token_optimizer.fsutil import StatePaths, resolve_paths
 from token_optimizer.jsutil import js_number, js_trim, to_fixed
@@ -731,12 +731,6 @@ def messages_from_payload(raw: object) -> list[Message] | None:
     return out
 
 
-def _int(v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return 0
-    return int(v)
-
-
 def usage_from_payload(event: Mapping[str, Any], ident: Identity) -> Usage | None:
     u = event.get("usage")
     if not isinstance(u, Mapping):
@@ -745,11 +739,11 @@ def usage_from_payload(event: Mapping[str, Any], ident: Identity) -> Usage | Non
     return Usage(
         ident=ident,
         model=_str(event.get("model")),
-        input_tokens=_int(u.get("input", u.get("input_tokens", u.get("inputTokens")))),
-        output_tokens=_int(u.get("output", u.get("output_tokens", u.get("outputTokens")))),
-        cache_read_tokens=_int(u.get("cacheRead", u.get("cache_read_input_tokens"))),
-        cache_write_tokens=_int(u.get("cacheWrite", u.get("cache_creation_input_tokens"))),
-        context_budget=_int(budget) or None,
+        input_tokens=token_count(u.get("input", u.get("input_tokens", u.get("inputTokens")))),
+        output_tokens=token_count(u.get("output", u.get("output_tokens", u.get("outputTokens")))),
+        cache_read_tokens=token_count(u.get("cacheRead", u.get("cache_read_input_tokens"))),
+        cache_write_tokens=token_count(u.get("cacheWrite", u.get("cache_creation_input_tokens"))),
+        context_budget=token_count(budget) or None,
     )
 
 

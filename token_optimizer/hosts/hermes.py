@@ -74,6 +74,7 @@ from token_optimizer.events import (
     ToolBefore,
     TurnPrepare,
     Usage,
+    token_count,
 )
 from token_optimizer.models import Message
 from token_optimizer.quality import context_window_for_model
@@ -123,16 +124,6 @@ def _p(msg: str) -> str:
 
 def _str(v: object) -> str | None:
     return v if isinstance(v, str) and v else None
-
-
-def _int(v: object) -> int:
-    if isinstance(v, bool):
-        return 0
-    if isinstance(v, int):
-        return max(0, v)
-    if isinstance(v, float) and v == v and v not in (float("inf"), float("-inf")):
-        return max(0, int(v))
-    return 0
 
 
 def _content_text(content: object) -> str:
@@ -748,11 +739,11 @@ class HermesPlugin:
         if rotated_from is not None:
             self._compacted(key, rotated_from, sid)
         model = _str(kw.get("model")) or _str(kw.get("response_model"))
-        fresh = _int(usage.get("input_tokens"))
-        cache_read = _int(usage.get("cache_read_tokens"))
-        cache_write = _int(usage.get("cache_write_tokens"))
+        fresh = token_count(usage.get("input_tokens"))
+        cache_read = token_count(usage.get("cache_read_tokens"))
+        cache_write = token_count(usage.get("cache_write_tokens"))
         raw_prompt = usage.get("prompt_tokens")
-        prompt = _int(raw_prompt) if raw_prompt is not None else fresh + cache_read + cache_write
+        prompt = token_count(raw_prompt) if raw_prompt is not None else fresh + cache_read + cache_write
         ended = kw.get("ended_at")
         ts = float(ended) * 1000.0 if isinstance(ended, (int, float)) and not isinstance(
             ended, bool) else None
@@ -760,7 +751,7 @@ class HermesPlugin:
             ident=self._ident(sid, key),
             model=model,
             input_tokens=fresh,
-            output_tokens=_int(usage.get("output_tokens")),
+            output_tokens=token_count(usage.get("output_tokens")),
             cache_read_tokens=cache_read,
             cache_write_tokens=cache_write,
             prompt_tokens=prompt,

@@ -253,7 +253,7 @@ class Worker:
         if callable(tracked):
             out["tracked"] = tracked()
         if session_id:
-            # before the session status: that reads the policy state back into memory
+            # which collections still hold the session (status itself never re-tracks it)
             out["heldBy"] = self.held_by(session_id)
             st = getattr(rt, "status", None)
             if callable(st):
