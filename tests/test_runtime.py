@@ -410,3 +410,34 @@ def test_status_does_not_retrack_a_released_session(rt: TokenOptimizer) -> None:
     st = rt.status("s1")
     assert st["capturedFillBands"] == [20]          # read from disk
     assert all(v == 0 for v in rt.tracked_counts().values())
+
+
+def test_legacy_transcript_is_followed_incrementally(rt: TokenOptimizer, paths: StatePaths) -> None:
+    """Without usage events, a legacy ``agents/<id>/sessions/<sid>.jsonl`` feeds the figures,
+    and later turns read only its new tail."""
+    from token_optimizer.quality import context_window_for_model
+
+    sessions = paths.openclaw_dir / "agents" / "main" / "sessions"
+    sessions.mkdir(parents=True)
+    log = sessions / "legacy-1.jsonl"
+
+    def rec(role: str, sec: int, usage: dict[str, int] | None = None) -> str:
+        msg: dict[str, Any] = {"role": role, "model": "gpt-4o",
+                               "content": [{"type": "text", "text": f"{role} at {sec}"}]}
+        if usage:
+            msg["usage"] = usage
+        return json.dumps({"type": "message", "timestamp": f"2026-08-01T10:00:{sec:02d}.000Z",
+                           "message": msg}) + "\n"
+
+    window = context_window_for_model("gpt-4o")
+    log.write_text(rec("user", 1) + rec("assistant", 2, {"input_tokens": window // 4, "output_tokens": 50}))
+    c = {"sessionId": "legacy-1", "agentId": "main", "trigger": "user"}
+    turn(rt, "next", c)
+    assert rt.status("legacy-1")["fillPct"] == pytest.approx(25.0)
+    assert manifest_triggers(paths, "legacy-1") == ["progressive-20"]
+    with log.open("a") as fh:
+        fh.write(rec("user", 3) + rec("assistant", 4, {"input_tokens": window // 2, "output_tokens": 50}))
+    turn(rt, "again", c)
+    assert rt.status("legacy-1")["fillPct"] == pytest.approx(50.0)
+    assert manifest_triggers(paths, "legacy-1")[-1] == "progressive-50"
+    assert rt.ledger.snapshot("legacy-1").run.message_count == 4  # type: ignore[union-attr]

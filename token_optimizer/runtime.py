@@ -197,6 +197,8 @@ class TokenOptimizer:
         return found
 
     def _ledger_snapshot(self, session_id: str, agent_id: str | None) -> LedgerSnapshot | None:
+        # Events always feed the ledger; while a legacy transcript is attached the
+        # ledger takes its figures and messages from the transcript instead.
         if not self.ledger.has(session_id):
             path = self._transcript_for(session_id, agent_id)
             if path is not None:
@@ -281,14 +283,14 @@ class TokenOptimizer:
     def usage(self, ev: Usage) -> HookOutcome:
         def body() -> None:
             sid = ev.ident.session_id
-            if sid and not self._transcript_fed(sid):
+            if sid:
                 self.ledger.on_usage(ev)
         return self._run("usage", body)
 
     def message(self, ev: MessageSeen) -> HookOutcome:
         def body() -> None:
             sid = ev.ident.session_id
-            if sid and not self._transcript_fed(sid):
+            if sid:
                 self.ledger.on_message(sid, ev.message)
         return self._run("message", body)
 
@@ -296,13 +298,9 @@ class TokenOptimizer:
         """The host's view of the whole conversation so far (replays are idempotent)."""
         def body() -> None:
             sid = ident.session_id
-            if sid and messages and not self._transcript_fed(sid):
+            if sid and messages:
                 self.ledger.on_messages(sid, messages)
         return self._run("history", body)
-
-    def _transcript_fed(self, session_id: str) -> bool:
-        cached = self.transcript_source.get(session_id)
-        return cached is not None and cached[0] is not None
 
     def turn_prepare(self, ev: TurnPrepare) -> HookOutcome:
         return self._run("agent_turn_prepare", lambda: self._turn_prepare(ev))
@@ -315,7 +313,7 @@ class TokenOptimizer:
             self._log("warn", "agent_turn_prepare without sessionId/sessionKey; "
                               "prompt contributions skipped")
             return None
-        if ev.messages and not self._transcript_fed(sid):
+        if ev.messages:
             self.ledger.on_messages(sid, ev.messages)
         if not prompt:
             return None
@@ -442,8 +440,7 @@ class TokenOptimizer:
                                         sid or "unknown")
         if not sid:
             return
-        if not self._transcript_fed(sid):
-            self.ledger.on_tool(sid, ev.tool_name)
+        self.ledger.on_tool(sid, ev.tool_name)
         milestone: _EventContext | None = None
         if concept == "write":
             self.policy.register_write_event(sid, fa.file_path)
