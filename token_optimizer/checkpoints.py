@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from token_optimizer import fsutil
 from token_optimizer.bounded import StripedLocks
@@ -265,18 +265,35 @@ def _opt_str(value: object) -> str | None:
     return _well_formed(value if isinstance(value, str) else str(value))
 
 
+class CaptureFields(TypedDict, total=False):
+    """The optional keyword fields of a capture (spec 5.4/5.5); all may be None."""
+
+    trigger: str | None
+    reason: str | None
+    fill_pct: float | None
+    quality_score: float | None
+    tool_name: str | None
+    event_kind: str | None
+    active_agents: float | None
+    write_count: float | None
+    write_burst_count: float | None
+    context_window: float | None
+    model: str | None
+
+
 def _make_options(
-    trigger: object,
-    reason: object,
-    fill_pct: object,
-    quality_score: object,
-    tool_name: object,
-    event_kind: object,
-    active_agents: object,
-    write_count: object,
-    write_burst_count: object,
-    context_window: object,
-    model: object,
+    *,
+    trigger: object = None,
+    reason: object = None,
+    fill_pct: object = None,
+    quality_score: object = None,
+    tool_name: object = None,
+    event_kind: object = None,
+    active_agents: object = None,
+    write_count: object = None,
+    write_burst_count: object = None,
+    context_window: object = None,
+    model: object = None,
 ) -> _Options:
     return _Options(
         trigger=DEFAULT_TRIGGER if trigger is None else _well_formed(str(trigger)),
@@ -329,22 +346,10 @@ def _semantic_digest(sid: str, msgs: Sequence[_Msg], o: _Options) -> str:
 def semantic_digest(
     session_id: str,
     messages: Sequence[Message] | None = None,
-    *,
-    trigger: str | None = None,
-    reason: str | None = None,
-    fill_pct: float | None = None,
-    quality_score: float | None = None,
-    tool_name: str | None = None,
-    event_kind: str | None = None,
-    active_agents: float | None = None,
-    write_count: float | None = None,
-    write_burst_count: float | None = None,
-    context_window: float | None = None,
-    model: str | None = None,
+    **fields: Unpack[CaptureFields],
 ) -> str:
     """The 64-hex digest the manifest stores (spec section 5.3)."""
-    o = _make_options(trigger, reason, fill_pct, quality_score, tool_name, event_kind,
-                      active_agents, write_count, write_burst_count, context_window, model)
+    o = _make_options(**fields)
     sid = _checkpoint_sid(session_id)
     return _semantic_digest(sid, _normalise_messages(messages), o)
 
@@ -655,22 +660,10 @@ class CheckpointStore:
         session_id: str,
         messages: Sequence[Message] | None,
         max_messages: int = V1_MAX_MESSAGES,
-        *,
-        trigger: str | None = None,
-        reason: str | None = None,
-        fill_pct: float | None = None,
-        quality_score: float | None = None,
-        tool_name: str | None = None,
-        event_kind: str | None = None,
-        active_agents: float | None = None,
-        write_count: float | None = None,
-        write_burst_count: float | None = None,
-        context_window: float | None = None,
-        model: str | None = None,
+        **fields: Unpack[CaptureFields],
     ) -> CaptureResult | None:
         """The v1 writer (spec 5.4). Raises on unsafe paths or a policy persistence error."""
-        o = _make_options(trigger, reason, fill_pct, quality_score, tool_name, event_kind,
-                          active_agents, write_count, write_burst_count, context_window, model)
+        o = _make_options(**fields)
         return self._capture_v1(session_id, _normalise_messages(messages), max_messages, o)
 
     def _capture_v1(self, session_id: str, msgs: list[_Msg], max_messages: int, o: _Options) -> CaptureResult | None:
@@ -684,22 +677,10 @@ class CheckpointStore:
         session_id: str,
         messages: Sequence[Message] | None,
         max_recent: int = V2_MAX_RECENT,
-        *,
-        trigger: str | None = None,
-        reason: str | None = None,
-        fill_pct: float | None = None,
-        quality_score: float | None = None,
-        tool_name: str | None = None,
-        event_kind: str | None = None,
-        active_agents: float | None = None,
-        write_count: float | None = None,
-        write_burst_count: float | None = None,
-        context_window: float | None = None,
-        model: str | None = None,
+        **fields: Unpack[CaptureFields],
     ) -> CaptureResult | None:
         """The v2 writer (spec 5.5); without messages it delegates to the v1 writer."""
-        o = _make_options(trigger, reason, fill_pct, quality_score, tool_name, event_kind,
-                          active_agents, write_count, write_burst_count, context_window, model)
+        o = _make_options(**fields)
         return self._capture_v2(session_id, _normalise_messages(messages), max_recent, o)
 
     def _capture_v2(self, session_id: str, msgs: list[_Msg], max_recent: int, o: _Options) -> CaptureResult | None:
@@ -729,8 +710,8 @@ class CheckpointStore:
         """v2 (10 recent messages), falling back to v1 (20). Never raises."""
         try:
             msgs = _normalise_messages(messages)
-            o = _make_options(trigger, None, fill_pct, quality_score, tool_name, event_kind,
-                              None, None, None, None, model)
+            o = _make_options(trigger=trigger, fill_pct=fill_pct, quality_score=quality_score,
+                              tool_name=tool_name, event_kind=event_kind, model=model)
         except Exception as exc:
             log.warning("[token-optimizer] checkpoint capture skipped (bad input): %s", exc)
             return None
