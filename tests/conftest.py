@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from token_optimizer import bounded
+from token_optimizer import bounded, pricing
 from token_optimizer.fsutil import StatePaths, resolve_paths
 
 
@@ -41,3 +41,11 @@ def small_cap(monkeypatch: pytest.MonkeyPatch) -> int:
     """Lower MAX_TRACKED_SESSIONS to 10 for the test."""
     monkeypatch.setattr(bounded, "MAX_TRACKED_SESSIONS", 10)
     return 10
+
+
+@pytest.fixture
+def fresh_pricing() -> Iterator[None]:
+    """An empty pricing cache before and after the test (it memoises openclaw.json overrides)."""
+    pricing.reset_pricing_cache()
+    yield
+    pricing.reset_pricing_cache()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from transcript_records import assistant, user, write_jsonl
 
-from token_optimizer import bounded, pricing
+from token_optimizer import bounded
 from token_optimizer.events import Identity, Usage
 from token_optimizer.jsutil import parse_iso_ms
 from token_optimizer.ledger import Ledger, LedgerSnapshot
@@ -20,34 +20,7 @@ from token_optimizer.models import AgentRun, Message
 from token_optimizer.quality import context_window_for_model, score_session_quality
 from token_optimizer.transcripts import extract_usage, message_from_record, parse_session, role_of
 
-
-@pytest.fixture(autouse=True)
-def _fresh_pricing() -> Iterator[None]:
-    pricing.reset_pricing_cache()
-    yield
-    pricing.reset_pricing_cache()
-
-
-def ts(sec: int) -> str:
-    return f"2026-08-01T10:{sec // 60:02d}:{sec % 60:02d}.000Z"
-
-
-def user(text: str, sec: int) -> dict[str, Any]:
-    return {"type": "message", "timestamp": ts(sec),
-            "message": {"role": "user", "content": [{"type": "text", "text": text}]}}
-
-
-def assistant(usage: dict[str, Any] | None, sec: int, model: str = "claude-opus-4-8",
-              rid: str | None = None, tools: tuple[str, ...] = ()) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [{"type": "text", "text": f"reply {sec}"}]
-    content += [{"type": "tool_use", "name": t} for t in tools]
-    msg: dict[str, Any] = {"role": "assistant", "model": model, "content": content}
-    if usage is not None:
-        msg["usage"] = usage
-    rec: dict[str, Any] = {"type": "message", "timestamp": ts(sec), "message": msg}
-    if rid is not None:
-        rec["requestId"] = rid
-    return rec
+pytestmark = pytest.mark.usefixtures("fresh_pricing")
 
 
 def usage_ev(sid: str, inp: int = 0, out: int = 0, cr: int = 0, cw: int = 0, *, model: str | None = "claude-opus-4-8",
@@ -76,11 +49,6 @@ def feed_as_events(ledger: Ledger, sid: str, recs: list[dict[str, Any]]) -> None
         for b in m.get("content", []):
             if b.get("type") == "tool_use":
                 ledger.on_tool(sid, b["name"])
-
-
-def write_jsonl(path: Path, recs: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return path
 
 
 def assert_same_figures(a: AgentRun, b: AgentRun) -> None:
