@@ -32,6 +32,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realhost.fake_llm import FakeLLM
 from realhost.oc_host import Host, HostUnavailable, ensure_openclaw
+from realhost.procs import pid_alive, wait_for
 
 pytestmark = pytest.mark.realhost
 
@@ -171,28 +172,6 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def wait_for(pred: Any, timeout: float, step: float = 0.2) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_loader_inspect(host: Host, tmp_path: Path, host_tmp_cleanup: None) -> None:

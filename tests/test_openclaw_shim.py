@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from realhost.procs import pid_alive, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = ROOT / "dist" / "index.js"
@@ -164,22 +165,4 @@ def test_cli_process_exits_by_itself_and_takes_the_worker_along() -> None:
     assert time.monotonic() - t0 < 20
     pid = out["workerPid"]
     assert isinstance(pid, int)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _pid_alive(pid):
-        time.sleep(0.05)
-    assert not _pid_alive(pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie of an exited child is reaped by init; treat "Z" state as gone
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert wait_for(lambda: not pid_alive(pid), 5, 0.05)
