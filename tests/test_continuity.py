@@ -708,6 +708,11 @@ def test_hint_single_project_and_unfiltered() -> None:
         ContinuityCandidate(_entry(), 0.9, BETA), "beta feature", f"{H}/beta"
     )
     assert "Switched from REST polling to websocket push" in single and _disclosures(single) == []
+    fence = single.split("Checkpoint items relevant here:\n```\n", 1)[1].split("\n```", 1)[0]
+    assert fence.split("\n") == [
+        'Key decisions: "Switched from REST polling to websocket push"',
+        f'File changes: "{H}/beta/src/beta_router.py"',
+    ]
     legacy = c.build_continuity_hint(ContinuityCandidate(_entry(), 0.9, MIXED), "beta feature")
     assert "gamma" in legacy and _disclosures(legacy) == []
     assert "# Session Checkpoint (v2)" in legacy  # the raw excerpt

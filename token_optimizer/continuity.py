@@ -531,6 +531,18 @@ def _scalars(items: Sequence[str], limit: int, max_len: int) -> list[str]:
     return [s for s in (safe_recovered_scalar(x, max_len) for x in items[:limit]) if s]
 
 
+def _item_lines(decisions: Sequence[str], files: Sequence[str], files_label: str) -> list[str]:
+    """The capped, sanitised "Key decisions" and files lines (each only when non-empty)."""
+    lines: list[str] = []
+    dec = _scalars(decisions, MAX_DECISIONS, 120)
+    if dec:
+        lines.append("Key decisions: " + "; ".join(_json_str(d) for d in dec))
+    fil = _scalars(files, MAX_FILES, 140)
+    if fil:
+        lines.append(f"{files_label}: " + ", ".join(_json_str(f) for f in fil))
+    return lines
+
+
 def build_continuity_hint(
     candidate: ContinuityCandidate, prompt_text: str = "", cwd: str = ""
 ) -> str:
@@ -556,13 +568,7 @@ def build_continuity_hint(
     if filtered:
         sections = parse_checkpoint_sections(content)
         decisions, files, disclosure = _filtered_items(sections, content, prompt_text, cwd)
-        item_lines: list[str] = []
-        dec = _scalars(decisions, MAX_DECISIONS, 120)
-        if dec:
-            item_lines.append("Key decisions: " + "; ".join(_json_str(d) for d in dec))
-        fil = _scalars(files, MAX_FILES, 140)
-        if fil:
-            item_lines.append("File changes: " + ", ".join(_json_str(f) for f in fil))
+        item_lines = _item_lines(decisions, files, "File changes")
         parts: list[str] = []
         if item_lines:
             parts.append(
@@ -631,12 +637,7 @@ def build_resume_lean_block(
         decisions, files, disclosure = _filtered_items(sections, content, prompt_text, cwd)
     else:
         decisions, files = list(sections.key_decisions), list(sections.file_changes)
-    dec = _scalars(decisions, MAX_DECISIONS, 120)
-    if dec:
-        body.append("- Key decisions: " + "; ".join(_json_str(d) for d in dec))
-    fil = _scalars(files, MAX_FILES, 140)
-    if fil:
-        body.append("- Modified files: " + ", ".join(_json_str(f) for f in fil))
+    body.extend(f"- {line}" for line in _item_lines(decisions, files, "Modified files"))
     quality = sections.header_meta.get("quality")
     if quality:
         body.append(f"- Prior context quality: {safe_recovered_scalar(quality, 40)}")
