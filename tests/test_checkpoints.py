@@ -477,7 +477,8 @@ def test_restore_from_minimal_manifest_fixture(store: CheckpointStore, paths: St
     assert store.restore(sid) == "# Checkpoint\nbody\n"
 
 
-def test_restore_priority_order(store: CheckpointStore, paths: StatePaths) -> None:
+def test_restore_prefers_newest_then_priority(store: CheckpointStore, paths: StatePaths) -> None:
+    """COMPAT D19: newest first (the reference ranked by trigger priority regardless of age)."""
     sid = "rank"
     table = [
         ("compact", "2026-11-21T10:09:00.000Z"),
@@ -500,16 +501,29 @@ def test_restore_priority_order(store: CheckpointStore, paths: StatePaths) -> No
         name = f"f{table.index((trig, created))}.md"
         (sdir(paths, sid) / name).unlink()  # unreadable/missing entries are skipped
     assert order == [
-        "milestone-pre-fanout@2026-11-21T06:30:00.000Z",  # newer of equal priority
-        "milestone-pre-fanout@2026-11-21T06:00:00.000Z",
-        "milestone-edit-batch@2026-11-21T07:00:00.000Z",
-        "quality-40@2026-11-21T08:00:00.000Z",
-        "quality-80@2026-11-21T09:00:00.000Z",
-        "progressive-20@2026-11-21T09:00:00.000Z",
+        "compact@2026-11-21T10:09:00.000Z",  # the newest wins
         "progressive-65@2026-11-21T10:00:00.000Z",
-        "compact@2026-11-21T10:09:00.000Z",  # newest of all, yet last
+        "quality-80@2026-11-21T09:00:00.000Z",  # same age: priority breaks the tie
+        "progressive-20@2026-11-21T09:00:00.000Z",
+        "quality-40@2026-11-21T08:00:00.000Z",
+        "milestone-edit-batch@2026-11-21T07:00:00.000Z",
+        "milestone-pre-fanout@2026-11-21T06:30:00.000Z",
+        "milestone-pre-fanout@2026-11-21T06:00:00.000Z",
     ]
     assert store.restore(sid) is None
+
+
+def test_restore_prefers_the_named_checkpoint(store: CheckpointStore, paths: StatePaths) -> None:
+    sid = "pref"
+    old = _fixture_checkpoint(paths, sid, "a.md", "the compaction's own", "compact",
+                              "2026-11-21T08:00:00.000Z")
+    _fixture_checkpoint(paths, sid, "b.md", "newer band", "progressive-80", "2026-11-21T09:00:00.000Z")
+    assert store.restore(sid) == "newer band"
+    assert store.restore(sid, prefer=old) == "the compaction's own"
+    # a path that is not one of the session's checkpoints is ignored
+    assert store.restore(sid, prefer="/etc/passwd") == "newer band"
+    old.unlink()
+    assert store.restore(sid, prefer=old) == "newer band"
 
 
 def test_trigger_priority_table() -> None:

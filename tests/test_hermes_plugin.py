@@ -249,7 +249,7 @@ def test_pre_llm_call_maps_to_turn_prepare(windows: ContextWindows, tmp_path: Pa
     assert ev.ident.session_id == "S1" and ev.ident.session_key == "S1"
     assert ev.is_user_turn is True and ev.prompt == "what's 2+2?"
     assert [(m.role, m.content) for m in ev.messages] == [
-        ("user", "hi"), ("assistant", "hello"), ("assistant", "[tool calls: read_file]"),
+        ("user", "hi"), ("assistant", "hello"), ("assistant", "[tool: read_file]"),
         ("tool", "file body"), ("user", "what's 2+2?")]
 
 

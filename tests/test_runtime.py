@@ -91,9 +91,12 @@ def test_fill_bands_fire_from_the_latest_prompt(rt: TokenOptimizer, paths: State
     assert manifest_triggers(paths, "s1") == ["progressive-20"]
     rt.handle("llm_output", usage_event(104_000), c)         # 52 %
     turn(rt, "next", c)
-    assert manifest_triggers(paths, "s1")[-1] == "progressive-50"
+    trig = manifest_triggers(paths, "s1")
+    bands = [t for t in trig if t.startswith("progressive-")]
+    # the highest band crossed comes first; the one skipped over is back-filled once
+    assert bands == ["progressive-20", "progressive-50", "progressive-35"]
     state = json.loads((paths.checkpoints / "s1" / "policy-state.json").read_text())
-    assert state["capturedFillBands"] == [20, 50]
+    assert sorted(state["capturedFillBands"]) == [20, 35, 50]
 
 
 def test_uncached_session_at_40_percent_fires_only_20_and_35(rt: TokenOptimizer, paths: StatePaths) -> None:

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
 from token_optimizer import fsutil
 from token_optimizer.bounded import StripedLocks
@@ -321,10 +321,15 @@ def _num_part(x: float | None) -> str:
     return "" if x is None else js_number(x)
 
 
-def _semantic_digest(sid: str, msgs: Sequence[_Msg], o: _Options) -> str:
+def _semantic_digest(sid: str, msgs: Sequence[_Msg], o: _Options,
+                     notes: NotesLike | None = None) -> str:
     flat: list[str] = []
     for m in msgs[-DIGEST_WINDOW:]:
         flat += [m.role, m.timestamp or "", _js_cut(m.content, DIGEST_CONTENT_CAP)]
+    if notes is not None:
+        # whole-session sections (ours): a new edit is new content even when the
+        # recent window did not change
+        flat += ["notes", *notes.fingerprint_parts()]
     content_digest = _fingerprint(flat)
     return _fingerprint([
         sid,
@@ -405,6 +410,28 @@ def _header(first_line: str, sid: str, captured_at: str, total: int, o: _Options
     return lines
 
 
+class NotesLike(Protocol):
+    """Whole-session sections (:class:`token_optimizer.session_notes.NotesView`)."""
+
+    @property
+    def task(self) -> str | None: ...
+    @property
+    def instructions(self) -> list[str]: ...
+    @property
+    def decisions(self) -> list[str]: ...
+    @property
+    def errors(self) -> list[str]: ...
+    @property
+    def file_changes(self) -> list[str]: ...
+    @property
+    def messages_seen(self) -> int: ...
+    def fingerprint_parts(self) -> Iterable[str]: ...
+
+
+TASK_HEADING = "## Session Task"
+"""Ours: the first instruction of the session. Readers that do not know it skip it."""
+
+
 @dataclass
 class _Extracted:
     decisions: list[str]
@@ -424,43 +451,73 @@ def _unique(items: list[str], limit: int) -> list[str]:
     return list(dict.fromkeys(items))[:limit]
 
 
+def extract_message_sections(role: str, content: str) -> _Extracted:
+    """The v2 section lines one message contributes (decisions, errors, file changes,
+    instructions), in the writer's own order. O(1): the message is sampled."""
+    out = _Extracted([], [], [], [])
+    if not content:
+        return out
+    sample = _js_cut(content, SAMPLE_CAP)
+    lines = sample.split("\n")
+    if role == "assistant":
+        if _matches(sample, _DECISION):
+            found = _first_line(lines, _DECISION, 500)
+            if found is not None:
+                out.decisions.append(found)
+        if _matches(sample, _ERROR):
+            hits: list[str] = []
+            for line in lines:
+                if utf16_len(line) < 300 and _matches(line, _ERROR):
+                    hits.append(js_trim(line))
+                    if len(hits) >= 3:
+                        break
+            if hits:
+                out.errors.append("\n".join(hits))
+        if _matches(sample, _FILE_CHANGE):
+            found = _first_line(lines, _FILE_CHANGE, 300)
+            if found is not None:
+                out.file_changes.append(found)
+    elif role == "user" and _matches(sample, _INSTRUCTION):
+        found = _first_line(lines, _INSTRUCTION, 500)
+        if found is not None:
+            out.instructions.append(found)
+    return out
+
+
 def _extract(msgs: Sequence[_Msg]) -> _Extracted:
     decisions: list[str] = []
     errors: list[str] = []
     changes: list[str] = []
     instructions: list[str] = []
     for m in msgs:
-        if not m.content:
-            continue
-        sample = _js_cut(m.content, SAMPLE_CAP)
-        lines = sample.split("\n")
-        if m.role == "assistant":
-            if _matches(sample, _DECISION):
-                found = _first_line(lines, _DECISION, 500)
-                if found is not None:
-                    decisions.append(found)
-            if _matches(sample, _ERROR):
-                hits: list[str] = []
-                for line in lines:
-                    if utf16_len(line) < 300 and _matches(line, _ERROR):
-                        hits.append(js_trim(line))
-                        if len(hits) >= 3:
-                            break
-                if hits:
-                    errors.append("\n".join(hits))
-            if _matches(sample, _FILE_CHANGE):
-                found = _first_line(lines, _FILE_CHANGE, 300)
-                if found is not None:
-                    changes.append(found)
-        elif m.role == "user" and _matches(sample, _INSTRUCTION):
-            found = _first_line(lines, _INSTRUCTION, 500)
-            if found is not None:
-                instructions.append(found)
+        found = extract_message_sections(m.role, m.content)
+        decisions += found.decisions
+        errors += found.errors
+        changes += found.file_changes
+        instructions += found.instructions
     return _Extracted(
         decisions=_unique(decisions, DECISION_CAP),
         errors=_unique(errors, ERROR_CAP),
         file_changes=_unique(changes, FILE_CHANGE_CAP),
         instructions=_unique(instructions, INSTRUCTION_CAP),
+    )
+
+
+def _merge(whole: list[str], recent: list[str], cap: int) -> list[str]:
+    """Whole-session items first, then recent ones not already listed, capped."""
+    return _unique([*whole, *recent], cap)
+
+
+def _sections(msgs: Sequence[_Msg], notes: NotesLike | None) -> _Extracted:
+    ex = _extract(msgs)
+    if notes is None:
+        return ex
+    return _Extracted(
+        decisions=_merge(notes.decisions, ex.decisions, DECISION_CAP),
+        errors=_merge(notes.errors, ex.errors, ERROR_CAP),
+        # tool-recorded changes name the files; the prose lines are kept after them
+        file_changes=_merge(notes.file_changes, ex.file_changes, 2 * FILE_CHANGE_CAP),
+        instructions=_merge(notes.instructions, ex.instructions, INSTRUCTION_CAP),
     )
 
 
@@ -476,9 +533,14 @@ def _render_v1(sid: str, captured_at: str, msgs: Sequence[_Msg], max_messages: i
     return "\n".join(lines)
 
 
-def _render_v2(sid: str, captured_at: str, msgs: Sequence[_Msg], max_recent: int, o: _Options) -> str:
-    ex = _extract(msgs)
-    lines = _header("# Session Checkpoint (v2)", sid, captured_at, len(msgs), o)
+def _render_v2(sid: str, captured_at: str, msgs: Sequence[_Msg], max_recent: int, o: _Options,
+               notes: NotesLike | None = None) -> str:
+    ex = _sections(msgs, notes)
+    total = len(msgs) if notes is None else max(len(msgs), notes.messages_seen)
+    lines = _header("# Session Checkpoint (v2)", sid, captured_at, total, o)
+    if notes is not None and notes.task:
+        # Ours: the session's first instruction, which the recent window has often lost.
+        lines += [TASK_HEADING, "", notes.task, ""]
     for title, items in (("## User Instructions", ex.instructions), ("## Key Decisions", ex.decisions)):
         if items:
             lines += [title, "", *(f"- {i}" for i in items), ""]
@@ -595,10 +657,11 @@ class CheckpointStore:
         body: str,
         o: _Options,
         version: int,
+        notes: NotesLike | None = None,
     ) -> CaptureResult | None:
         """Dedup check, artifact write, manifest row, policy registration."""
         with self._lock(sid):
-            return self._write_locked(session_dir, sid, msgs, body, o, version)
+            return self._write_locked(session_dir, sid, msgs, body, o, version, notes)
 
     def _write_locked(
         self,
@@ -608,8 +671,9 @@ class CheckpointStore:
         body: str,
         o: _Options,
         version: int,
+        notes: NotesLike | None = None,
     ) -> CaptureResult | None:
-        digest = _semantic_digest(sid, msgs, o)
+        digest = _semantic_digest(sid, msgs, o, notes)
         last = self._last_manifest_entry(session_dir)
         if last is not None and last.get("semanticDigest") == digest and last.get("trigger") == o.trigger:
             self.policy.record_decision(sid, o.trigger, now_ms=self._clock())
@@ -683,8 +747,9 @@ class CheckpointStore:
         o = _make_options(**fields)
         return self._capture_v2(session_id, _normalise_messages(messages), max_recent, o)
 
-    def _capture_v2(self, session_id: str, msgs: list[_Msg], max_recent: int, o: _Options) -> CaptureResult | None:
-        if not msgs:
+    def _capture_v2(self, session_id: str, msgs: list[_Msg], max_recent: int, o: _Options,
+                    notes: NotesLike | None = None) -> CaptureResult | None:
+        if not msgs and (notes is None or not (notes.task or notes.file_changes)):
             return self._capture_v1(session_id, msgs, max_recent, o)
         sid = _checkpoint_sid(session_id)
         try:
@@ -692,8 +757,8 @@ class CheckpointStore:
         except OSError as exc:
             log.warning("[token-optimizer] checkpoint directory unusable for %s: %s", sid, exc)
             return None
-        body = _render_v2(sid, iso_from_ms(self._clock()), msgs, max_recent, o)
-        return self._write(session_dir, sid, msgs, body, o, 2)
+        body = _render_v2(sid, iso_from_ms(self._clock()), msgs, max_recent, o, notes)
+        return self._write(session_dir, sid, msgs, body, o, 2, notes)
 
     def capture(
         self,
@@ -706,18 +771,26 @@ class CheckpointStore:
         tool_name: str | None = None,
         event_kind: str | None = None,
         model: str | None = None,
+        context_window: float | None = None,
+        notes: NotesLike | None = None,
     ) -> CaptureResult | None:
-        """v2 (10 recent messages), falling back to v1 (20). Never raises."""
+        """v2 (10 recent messages), falling back to v1 (20). Never raises.
+
+        ``notes`` (ours) are whole-session sections: the task, instructions,
+        decisions, errors and file changes of everything the session did, not
+        only of the recent window.
+        """
         try:
             msgs = _normalise_messages(messages)
             o = _make_options(trigger=trigger, fill_pct=fill_pct, quality_score=quality_score,
-                              tool_name=tool_name, event_kind=event_kind, model=model)
+                              tool_name=tool_name, event_kind=event_kind, model=model,
+                              context_window=context_window)
         except Exception as exc:
             log.warning("[token-optimizer] checkpoint capture skipped (bad input): %s", exc)
             return None
         result: CaptureResult | None = None
         try:
-            result = self._capture_v2(session_id, msgs, V2_MAX_RECENT, o)
+            result = self._capture_v2(session_id, msgs, V2_MAX_RECENT, o, notes)
         except Exception as exc:
             log.warning("[token-optimizer] v2 checkpoint capture failed: %s", exc)
         if result is None:
@@ -729,13 +802,24 @@ class CheckpointStore:
 
     # -------------------------------------------------------------- restore
 
-    def restore(self, session_id: str) -> str | None:
-        """Best checkpoint text for the session (priority, then newest), capped. Never raises."""
+    def restore(self, session_id: str, prefer: str | os.PathLike[str] | None = None) -> str | None:
+        """Checkpoint text for the session, capped at :data:`RESTORE_CAP`. Never raises.
+
+        ``prefer`` names the checkpoint to use (the one captured for the
+        compaction being restored); it must be one of the session's own. Else the
+        newest checkpoint wins, trigger priority breaking ties. The reference
+        ranks by trigger priority regardless of age, so after a compaction it
+        restored an early milestone or band from before most of the work
+        (COMPAT.md).
+        """
         try:
             entries = list(self.policy.checkpoint_files(session_id))
             if not entries:
                 return None
-            ranked = sorted(entries, key=lambda e: (-trigger_priority(e.trigger), -e.created_at_ms))
+            ranked = sorted(entries, key=lambda e: (-e.created_at_ms, -trigger_priority(e.trigger)))
+            if prefer is not None:
+                want = os.fspath(prefer)
+                ranked.sort(key=lambda e: os.fspath(e.path) != want)  # stable: preferred first
             for entry in ranked:
                 try:
                     text = fsutil.read_text_no_follow(Path(entry.path), max_bytes=_RESTORE_READ_BYTES)

@@ -39,6 +39,7 @@ from token_optimizer.jsutil import now_ms
 from token_optimizer.models import AgentRun, Message
 from token_optimizer.pricing import normalize_model_name
 from token_optimizer.quality import context_window_for_model, score_session_quality
+from token_optimizer.session_notes import NotesView, SessionNotes
 from token_optimizer.transcripts import (
     IncrementalTranscript,
     RunAccumulator,
@@ -76,7 +77,7 @@ class LedgerSnapshot:
 
 class _Entry:
     __slots__ = ("acc", "agent_name", "context_budget", "hist_last", "hist_len", "host_prompt",
-                 "latest_model", "lock", "ring", "tool_calls", "transcript")
+                 "latest_model", "lock", "notes", "ring", "tool_calls", "transcript")
 
     def __init__(self, ring_size: int, openclaw_dir: str | os.PathLike[str] | None) -> None:
         self.lock = threading.Lock()
@@ -91,6 +92,7 @@ class _Entry:
         self.latest_model: str | None = None
         self.context_budget = 0
         self.transcript: IncrementalTranscript | None = None
+        self.notes = SessionNotes()
 
 
 def _count(v: object) -> float:
@@ -120,6 +122,13 @@ class Ledger:
 
     def has(self, session_id: str) -> bool:
         return session_id in self._entries
+
+    def has_figures(self, session_id: str) -> bool:
+        """Has the session reported usage or messages (or a transcript) yet?"""
+        e = self._entries.get(session_id)
+        if e is None:
+            return False
+        return bool(e.transcript is not None or e.acc.request_count or e.acc.message_count)
 
     def release(self, session_id: str) -> None:
         self._entries.discard(session_id)
@@ -174,6 +183,8 @@ class Ledger:
         text = content if role == "user" and isinstance(content, str) else None
         if e.acc.note_message(role, text):
             e.ring.append(msg)
+            if isinstance(role, str) and isinstance(content, str):
+                e.notes.on_message(role, content)
 
     def on_message(self, session_id: str, msg: Message) -> None:
         """One message seen live (user and assistant messages are counted)."""
@@ -218,7 +229,9 @@ class Ledger:
         except Exception as exc:
             log.warning("[token-optimizer] ledger: history ignored: %s", exc)
 
-    def on_tool(self, session_id: str, tool_name: str) -> None:
+    def on_tool(self, session_id: str, tool_name: str, params: object = None,
+                error: str | None = None, resolved_path: str | None = None) -> None:
+        """A finished tool call (its file and error feed the whole-session notes)."""
         try:
             if not session_id:
                 return
@@ -226,8 +239,32 @@ class Ledger:
             with e.lock:
                 e.tool_calls += 1
                 e.acc.note_tool(tool_name)
+                e.notes.on_tool(tool_name, params, error, resolved_path)
         except Exception as exc:
             log.warning("[token-optimizer] ledger: tool event ignored: %s", exc)
+
+    def on_prompt(self, session_id: str, text: str) -> None:
+        """A user prompt as typed (the first one becomes the session's task)."""
+        try:
+            if not session_id:
+                return
+            e = self._entry(session_id)
+            with e.lock:
+                e.notes.on_prompt(text)
+        except Exception as exc:
+            log.warning("[token-optimizer] ledger: prompt ignored: %s", exc)
+
+    def notes(self, session_id: str) -> NotesView | None:
+        """The session's whole-session checkpoint sections, or ``None`` when unknown."""
+        try:
+            e = self._entries.get(session_id)
+            if e is None:
+                return None
+            with e.lock:
+                return e.notes.view()
+        except Exception as exc:
+            log.warning("[token-optimizer] ledger: notes unavailable: %s", exc)
+            return None
 
     def ingest_transcript(self, session_id: str, path: Path, agent_name: str) -> None:
         """Follow a legacy ``.jsonl`` transcript: each call reads only what was appended.

@@ -400,35 +400,57 @@ class CheckpointPolicy:
     # ------------------------------------------------------------ decisions
 
     def decide_snapshot(
-        self, session_id: str, snap: Snapshot, now_ms: float | None = None
+        self, session_id: str, snap: Snapshot, now_ms: float | None = None, *,
+        ignore_cooldown: bool = False,
     ) -> Decision | None:
         """Fill band (highest uncaptured band <= fill), else quality threshold."""
         now = jsutil.now_ms() if now_ms is None else now_ms
         key = self.key_for(session_id)
         with self._lock_for(key):
             st = self._state_locked(key)
-            if self._cooldown_active(st, now):
+            if not ignore_cooldown and self._cooldown_active(st, now):
                 return None
-            target: int | None = None
-            for band in FILL_BANDS:
-                if snap.fill_pct >= band and band not in st.captured_fill_bands:
-                    target = band
-            if target is not None:
-                return Decision(f"progressive-{target}", snap.fill_pct, snap.quality_score)
-            for threshold in QUALITY_THRESHOLDS:
-                if snap.quality_score < threshold and threshold not in st.captured_quality_thresholds:
-                    return Decision(f"quality-{threshold}", snap.fill_pct, snap.quality_score)
-            return None
+            return self._snapshot_target(st, snap)
+
+    @staticmethod
+    def _snapshot_target(st: SessionCheckpointState, snap: Snapshot) -> Decision | None:
+        target: int | None = None
+        for band in FILL_BANDS:
+            if snap.fill_pct >= band and band not in st.captured_fill_bands:
+                target = band
+        if target is not None:
+            return Decision(f"progressive-{target}", snap.fill_pct, snap.quality_score)
+        for threshold in QUALITY_THRESHOLDS:
+            if snap.quality_score < threshold and threshold not in st.captured_quality_thresholds:
+                return Decision(f"quality-{threshold}", snap.fill_pct, snap.quality_score)
+        return None
+
+    def snapshot_due(self, session_id: str, snap: Snapshot) -> bool:
+        """Would ``snap`` earn a band or threshold once no cooldown holds it back?"""
+        key = self.key_for(session_id)
+        with self._lock_for(key):
+            return self._snapshot_target(self._state_locked(key), snap) is not None
+
+    def milestone_taken(self, session_id: str, trigger: str) -> bool:
+        """Has the once-per-session milestone ``trigger`` been captured?"""
+        if trigger != "milestone-pre-fanout":
+            return False
+        key = self.key_for(session_id)
+        with self._lock_for(key):
+            return PRE_FANOUT in self._state_locked(key).captured_milestones
 
     def decide_pre_fanout(
-        self, session_id: str, snap: Snapshot | None = None, now_ms: float | None = None
+        self, session_id: str, snap: Snapshot | None = None, now_ms: float | None = None, *,
+        ignore_cooldown: bool = False,
     ) -> Decision | None:
         """Once per session lifetime, before the first fan-out tool call."""
         now = jsutil.now_ms() if now_ms is None else now_ms
         key = self.key_for(session_id)
         with self._lock_for(key):
             st = self._state_locked(key)
-            if self._cooldown_active(st, now) or PRE_FANOUT in st.captured_milestones:
+            if PRE_FANOUT in st.captured_milestones:
+                return None
+            if not ignore_cooldown and self._cooldown_active(st, now):
                 return None
         return Decision(
             "milestone-pre-fanout",
@@ -436,21 +458,31 @@ class CheckpointPolicy:
             snap.quality_score if snap is not None else None,
         )
 
+    def _edit_batch_met(self, st: SessionCheckpointState) -> bool:
+        write_delta = st.edit_write_count - st.edit_batch_marker_writes
+        file_delta = len(st.edited_files) - st.edit_batch_marker_files
+        s = self.settings
+        return not (write_delta < s.edit_batch_write_threshold
+                    and file_delta < s.edit_batch_file_threshold)
+
+    def edit_batch_due(self, session_id: str) -> bool:
+        """Enough writes since the last marker, whatever the cooldown says."""
+        key = self.key_for(session_id)
+        with self._lock_for(key):
+            return self._edit_batch_met(self._state_locked(key))
+
     def decide_edit_batch(
-        self, session_id: str, snap: Snapshot | None = None, now_ms: float | None = None
+        self, session_id: str, snap: Snapshot | None = None, now_ms: float | None = None, *,
+        ignore_cooldown: bool = False,
     ) -> Decision | None:
         """Enough writes, or enough new distinct files, since the last marker."""
         now = jsutil.now_ms() if now_ms is None else now_ms
         key = self.key_for(session_id)
         with self._lock_for(key):
             st = self._state_locked(key)
-            if self._cooldown_active(st, now):
+            if not ignore_cooldown and self._cooldown_active(st, now):
                 return None
-            write_delta = st.edit_write_count - st.edit_batch_marker_writes
-            file_delta = len(st.edited_files) - st.edit_batch_marker_files
-            s = self.settings
-            if (write_delta < s.edit_batch_write_threshold
-                    and file_delta < s.edit_batch_file_threshold):
+            if not self._edit_batch_met(st):
                 return None
         return Decision(
             "milestone-edit-batch",

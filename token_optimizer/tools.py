@@ -75,3 +75,10 @@ def _num(v: object) -> int | None:
     if v != v or v in (float("inf"), float("-inf")):
         return None
     return int(v)
+
+
+def describe_call(name: str | None, params: Mapping[str, Any] | None) -> str:
+    """One short line saying what a tool call did: ``edit src/retry.py``, ``sessions_spawn``."""
+    tool = name if isinstance(name, str) and name else "tool"
+    path = file_args(params).file_path
+    return f"{tool} {path}" if path else tool

@@ -61,6 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from token_optimizer.bounded import BoundedMap, BoundedSet
 from token_optimizer.config import Config
 from token_optimizer.events import (
@@ -78,6 +80,7 @@ from token_optimizer.events import (
 )
 from token_optimizer.models import Message
 from token_optimizer.quality import context_window_for_model
+from token_optimizer.tools import describe_call
 
 log = logging.getLogger("token_optimizer.hosts.hermes")
 
@@ -143,6 +146,29 @@ def _content_text(content: object) -> str:
     return ""
 
 
+_CWD_SENTINELS = frozenset({"", ".", "./", "auto", "cwd"})
+
+
+def session_cwd() -> str:
+    """Where Hermes' file tools resolve relative paths: an absolute ``TERMINAL_CWD``
+    (Hermes ignores its placeholder values), else the process's working directory."""
+    raw = os.path.expanduser(os.environ.get("TERMINAL_CWD", "").strip())
+    if raw.lower() not in _CWD_SENTINELS and os.path.isabs(raw):
+        return raw
+    return os.getcwd()
+
+
+def _call_args(fn: object) -> Mapping[str, Any] | None:
+    """The arguments of an OpenAI-style function call (a JSON string or an object)."""
+    raw = fn.get("arguments") if isinstance(fn, Mapping) else None
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+    return raw if isinstance(raw, Mapping) else None
+
+
 def messages_from_history(history: object) -> list[Message]:
     """Convert Hermes' ``conversation_history`` into core messages.
 
@@ -164,14 +190,13 @@ def messages_from_history(history: object) -> list[Message]:
         if not text:
             calls = m.get("tool_calls")
             if isinstance(calls, Sequence) and calls and not isinstance(calls, str):
-                names = []
+                done = []
                 for c in calls:
                     fn = c.get("function") if isinstance(c, Mapping) else None
                     name = fn.get("name") if isinstance(fn, Mapping) else None
                     if isinstance(name, str):
-                        names.append(name)
-                if names:
-                    text = "[tool calls: " + ", ".join(names) + "]"
+                        done.append(f"[tool: {describe_call(name, _call_args(fn))}]")
+                text = "\n".join(done)
         if not text:
             continue
         ts = m.get("timestamp")
@@ -712,6 +737,7 @@ class HermesPlugin:
             prompt=prompt_text,
             is_user_turn=True,
             messages=messages_from_history(history),
+            cwd=session_cwd(),
         ))
         self._apply_actions(out)
         self._release_deferred(key)

@@ -298,6 +298,44 @@ class Worker:
             row["tracked"] = self.status(None).get("tracked")
             if hook == "session_end":
                 row["heldBy"] = self.held_by(ident.get("sessionId"), ident.get("sessionKey"))
+        # what a real-host test needs to compare with the model server's log (cheap, debug only)
+        with contextlib.suppress(Exception):
+            ev = event if isinstance(event, dict) else {}
+            cx = ctx if isinstance(ctx, dict) else {}
+            sid = ident.get("sessionId")
+            if hook == "agent_turn_prepare":
+                row["workspaceDir"] = cx.get("workspaceDir")
+                row["trigger"] = cx.get("trigger")
+                prompt = ev.get("prompt")
+                row["prompt"] = prompt[:200] if isinstance(prompt, str) else None
+                row["queuedInjections"] = len(ev.get("queuedInjections") or [])
+                rt_status = getattr(self.runtime, "status", None)
+                if sid and callable(rt_status):
+                    st = rt_status(sid)
+                    row["fillPct"] = st.get("fillPct")
+                    row["contextWindow"] = st.get("contextWindow")
+            elif hook in ("before_tool_call", "after_tool_call"):
+                row["toolName"] = ev.get("toolName") or cx.get("toolName")
+                params = ev.get("params")
+                if isinstance(params, dict):
+                    row["params"] = {k: (v[:200] if isinstance(v, str) else v) for k, v in params.items()
+                                     if k in ("path", "file_path", "filePath", "file", "task", "label")}
+                if hook == "after_tool_call":
+                    row["error"] = ev.get("error")
+            elif hook in ("llm_output", "model_call_ended"):
+                row["usage"] = ev.get("usage")
+                row["contextTokenBudget"] = ev.get("contextTokenBudget")
+                last = ev.get("lastAssistant")
+                if isinstance(last, dict):
+                    row["lastAssistantUsage"] = last.get("usage")
+            elif hook in ("before_compaction", "after_compaction"):
+                row["event"] = {k: v for k, v in ev.items() if k != "messages"}
+                row["eventMessages"] = len(ev.get("messages") or [])
+            elif hook == "agent_end":
+                msgs = ev.get("messages") or []
+                row["messages"] = len(msgs)
+                row["assistantUsages"] = [m.get("usage") for m in msgs
+                                          if isinstance(m, dict) and m.get("role") == "assistant"][-8:]
         try:
             with open(self.trace_path, "ab") as fh:
                 fh.write(_dumps(row))
