@@ -422,6 +422,8 @@ class CheckpointSections:
     user_instructions: list[str] = field(default_factory=list)
     active_task_guess: str = ""
     header_meta: dict[str, str] = field(default_factory=dict)
+    session_task: str = ""
+    """Ours: the ``## Session Task`` section (the session's first instruction)."""
 
 
 _SECTION_PREFIXES = (
@@ -430,6 +432,7 @@ _SECTION_PREFIXES = (
     ("user instruction", "instructions"),
     ("recent message", "messages"),
     ("error", "errors"),
+    ("session task", "task"),
 )
 
 
@@ -461,6 +464,8 @@ def parse_checkpoint_sections(content: str) -> CheckpointSections:
             out.file_changes.append(js_trim(t[2:]))
         elif section == "instructions" and t.startswith("- "):
             out.user_instructions.append(js_trim(t[2:]))
+        elif section == "task" and not out.session_task:
+            out.session_task = utf16_slice(t, 200)
         elif section == "messages" and not out.active_task_guess and not t.startswith("#!"):
             out.active_task_guess = utf16_slice(t, 200)
     return out
@@ -562,6 +567,9 @@ def build_continuity_hint(
     ]
     if summary:
         lines.append(f"- Prior topic: {summary}")
+    task = safe_recovered_scalar(parse_checkpoint_sections(content).session_task, 200)
+    if task:
+        lines.append(f"- Task of that session: {_json_str(task)}")
 
     filtered = bool(prompt_text and cwd)
     fenced = ""
@@ -624,7 +632,8 @@ def build_resume_lean_block(
             body.append(f"- Project: {safe_recovered_scalar(guess, 120)}")
 
     active = safe_recovered_scalar(
-        sections.active_task_guess
+        sections.session_task
+        or sections.active_task_guess
         or (sections.user_instructions[0] if sections.user_instructions else ""),
         200,
     )
