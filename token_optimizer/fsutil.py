@@ -82,7 +82,8 @@ class StatePaths:
 
 
 def resolve_paths(root: str | os.PathLike[str] | None = None) -> StatePaths:
-    """Resolve the state root: explicit argument, ``TOKEN_OPTIMIZER_HOME``, or the default."""
+    """Resolve the state root: explicit argument, ``TOKEN_OPTIMIZER_HOME``, or
+    ``<OpenClaw state dir>/token-optimizer`` (see :func:`openclaw_state_dir`)."""
     if root is None:
         env = os.environ.get("TOKEN_OPTIMIZER_HOME")
         if env:
@@ -90,8 +91,17 @@ def resolve_paths(root: str | os.PathLike[str] | None = None) -> StatePaths:
     if root is not None:
         r = Path(root).expanduser().absolute()
         return StatePaths(root=r, openclaw_dir=r.parent)
-    oc = default_home() / ".openclaw"
+    oc = openclaw_state_dir()
     return StatePaths(root=oc / "token-optimizer", openclaw_dir=oc)
+
+
+def openclaw_state_dir() -> Path:
+    """OpenClaw's state directory: ``OPENCLAW_STATE_DIR`` as the host honours it, else
+    ``~/.openclaw`` (the reference always used the latter)."""
+    env = os.environ.get("OPENCLAW_STATE_DIR", "").strip()
+    if env:
+        return Path(env).expanduser().absolute()
+    return default_home() / ".openclaw"
 
 
 # ---------------------------------------------------------------- sanitising

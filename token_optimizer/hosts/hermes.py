@@ -63,6 +63,7 @@ from typing import Any
 
 import orjson
 
+from token_optimizer import fsutil
 from token_optimizer.bounded import BoundedMap, BoundedSet
 from token_optimizer.config import Config
 from token_optimizer.events import (
@@ -78,6 +79,7 @@ from token_optimizer.events import (
     Usage,
     token_count,
 )
+from token_optimizer.hosts import hermes_home
 from token_optimizer.models import Message
 from token_optimizer.quality import context_window_for_model
 from token_optimizer.tools import describe_call
@@ -549,7 +551,13 @@ class HermesPlugin:
             if self._runtime is None:
                 from token_optimizer.runtime import TokenOptimizer
 
-                self._runtime = TokenOptimizer(config=self._config(),
+                root = hermes_home.state_root()
+                if root is not None:
+                    # once: what Hermes sessions left under the OpenClaw root moves here
+                    hermes_home.adopt_legacy_state(
+                        fsutil.openclaw_state_dir() / hermes_home.STATE_DIR_NAME, root,
+                        hermes_home.hermes_session_ids(self.state_db.path()))
+                self._runtime = TokenOptimizer(root, config=self._config(),
                                                active_work=self._active_work)
             return self._runtime
 
