@@ -16,7 +16,8 @@ How a request is answered:
 * the call index within the turn is the number of assistant messages after that user
   message; calls beyond the script (e.g. a run the host starts to announce a helper's
   result) get a short closing text with the turn's last ``prompt_tokens``;
-* ``usage.prompt_tokens`` is the call's scripted figure.
+* ``usage.prompt_tokens`` is the call's scripted figure (scaled by ``budget`` / the scenario's
+  budget when the host needs another window, so every call keeps its fill).
 
 Every request is recorded in ``requests`` (turn, call, kind, the prompt_tokens reported,
 the tool calls answered, the full flattened prompt text), so a test can compare what the
@@ -116,8 +117,12 @@ def _pick(props: dict[str, Any], names: tuple[str, ...]) -> str | None:
 
 
 class ScriptedLLM:
-    def __init__(self, scenario: dict[str, Any] | None = None, *, delay_ms: int | None = None) -> None:
+    def __init__(self, scenario: dict[str, Any] | None = None, *, delay_ms: int | None = None,
+                 budget: int | None = None) -> None:
         self.scenario = scenario if scenario is not None else load_scenario()
+        # a host with another window gets the same fills: prompt_tokens scaled by budget / scenario budget
+        self.budget = budget or int(self.scenario["budget"])
+        self.scale = self.budget / self.scenario["budget"]
         self.turns = scripted_turns(self.scenario)
         self.delay_s = (self.scenario.get("call_delay_ms", 0) if delay_ms is None else delay_ms) / 1000
         self.requests: list[dict[str, Any]] = []
@@ -234,7 +239,7 @@ class ScriptedLLM:
                 if self.path.endswith("/models"):
                     self._json(200, {"object": "list", "data": [{
                         "id": "scripted-1", "object": "model", "owned_by": "scripted",
-                        "context_length": llm.scenario["budget"]}]})
+                        "context_length": llm.budget}]})
                 else:
                     self._json(404, {})
 
@@ -252,6 +257,7 @@ class ScriptedLLM:
                     llm.n += 1
                     n = llm.n
                     d = llm.decide(body)
+                    d["prompt_tokens"] = round(d["prompt_tokens"] * llm.scale)
                     msgs = body.get("messages") or []
                     llm.requests.append({
                         "n": n, "t": time.time(), "kind": d["kind"], "turn": d.get("turn"),
