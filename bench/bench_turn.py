@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from token_optimizer.hosts.openclaw_events import handle
 from token_optimizer.policy import PolicySettings
 from token_optimizer.runtime import TokenOptimizer
 
@@ -41,14 +42,14 @@ def grow(rt: TokenOptimizer, sid: str, n: int) -> list[dict[str, Any]]:
     while len(history) < n:
         i = len(history)
         tail = history[-HISTORY_TAIL:]
-        rt.handle("agent_turn_prepare", {"prompt": _msg(i)["content"], "messages": tail,
+        handle(rt, "agent_turn_prepare", {"prompt": _msg(i)["content"], "messages": tail,
                                          "messagesTotal": len(history)}, ctx)
         history.append(_msg(i))
         history.append(_msg(i + 1))
-        rt.handle("llm_output", {"model": "claude-sonnet-4", "contextTokenBudget": 200_000,
+        handle(rt, "llm_output", {"model": "claude-sonnet-4", "contextTokenBudget": 200_000,
                                  "usage": {"input": 800, "output": 300, "cacheRead": 30_000,
                                            "cacheWrite": 200}}, ctx)
-        rt.handle("agent_end", {"messages": history[-HISTORY_TAIL:], "messagesTotal": len(history)}, ctx)
+        handle(rt, "agent_end", {"messages": history[-HISTORY_TAIL:], "messagesTotal": len(history)}, ctx)
     return history
 
 
@@ -65,7 +66,7 @@ def measure(n: int) -> dict[str, Any]:
         for k in range(TIMED_TURNS):
             ev = {"prompt": f"timed turn {k}", "messages": tail, "messagesTotal": len(history)}
             t0 = time.perf_counter_ns()
-            rt.handle("agent_turn_prepare", ev, ctx)
+            handle(rt, "agent_turn_prepare", ev, ctx)
             samples.append((time.perf_counter_ns() - t0) / 1e6)
         rt.close()
     samples.sort()

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from token_optimizer.hooks import OPENCLAW_HOOKS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realhost.fake_llm import FakeLLM
 from realhost.oc_host import Host, HostUnavailable, ensure_openclaw
@@ -39,11 +41,7 @@ pytestmark = pytest.mark.realhost
 ROOT = Path(__file__).resolve().parents[1]
 DIST = ROOT / "dist"
 PLUGIN_ID = "token-optimizer-openclaw"
-HOOKS = {
-    "gateway_start", "gateway_stop", "session_start", "session_end", "agent_turn_prepare",
-    "before_tool_call", "after_tool_call", "before_compaction", "after_compaction",
-    "llm_output", "model_call_ended", "agent_end",
-}
+HOOKS = set(OPENCLAW_HOOKS)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -17,17 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from token_optimizer.hooks import OPENCLAW_HOOKS
 from realhost.procs import pid_alive, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = ROOT / "dist" / "index.js"
 DRIVER = ROOT / "tests" / "realhost" / "openclaw_shim_driver.mjs"
 
-EXPECTED_HOOKS = [
-    "gateway_start", "gateway_stop", "session_start", "session_end", "agent_turn_prepare",
-    "before_tool_call", "after_tool_call", "before_compaction", "after_compaction",
-    "llm_output", "model_call_ended", "agent_end",
-]
+EXPECTED_HOOKS = list(OPENCLAW_HOOKS)
 
 
 def _node() -> str:

@@ -213,9 +213,10 @@ def test_session_end_releases_session(worker: WorkerProc) -> None:
 
 NOISY_RUNTIME = """
 import os, sys
+from token_optimizer.hosts.openclaw_events import OpenClawEvents
 from token_optimizer.runtime import TokenOptimizer
 
-class Noisy(TokenOptimizer):
+class Noisy(OpenClawEvents):
     def handle(self, hook, event, ctx):
         print("stray print from", hook)
         sys.stdout.write("stray sys.stdout write\\n")
@@ -224,7 +225,7 @@ class Noisy(TokenOptimizer):
 
 def make(config=None):
     print("stray print in the factory")
-    return Noisy(config=config)
+    return Noisy(TokenOptimizer(config=config))
 """
 
 

@@ -16,8 +16,9 @@ import pytest
 
 from token_optimizer.continuity import RECOVERED_MARKER
 from token_optimizer.fsutil import StatePaths
+from token_optimizer.hosts.openclaw_events import handle, messages_from_payload
 from token_optimizer.policy import PolicySettings
-from token_optimizer.runtime import TokenOptimizer, messages_from_payload
+from token_optimizer.runtime import TokenOptimizer
 
 BUDGET = 40_000
 
@@ -82,15 +83,15 @@ def ws(tmp_path: Path) -> Path:
 def turn(rt: TokenOptimizer, prompt: str, c: dict[str, Any],
          messages: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     ev: dict[str, Any] = {"prompt": prompt, "messages": messages or []}
-    return rt.handle("agent_turn_prepare", ev, c).result
+    return handle(rt, "agent_turn_prepare", ev, c).result
 
 
 def tool(rt: TokenOptimizer, name: str, params: dict[str, Any], c: dict[str, Any]) -> Any:
     tc = {k: v for k, v in c.items() if k != "workspaceDir"}  # tool contexts carry no workspace
     tc["toolName"] = name
-    res = rt.handle("before_tool_call", {"toolName": name, "params": params}, tc).result
+    res = handle(rt, "before_tool_call", {"toolName": name, "params": params}, tc).result
     if not (isinstance(res, dict) and res.get("block")):
-        rt.handle("after_tool_call", {"toolName": name, "params": params, "result": "ok"}, tc)
+        handle(rt, "after_tool_call", {"toolName": name, "params": params, "result": "ok"}, tc)
     return res
 
 
@@ -103,7 +104,7 @@ def test_openclaw_fill_is_the_latest_calls_prompt_not_the_runs_sum(paths: StateP
     c = ctx(ws=ws)
     turn(rt, "Task: fix the retry helper", c)
     prompts = [12_398, 13_020, 13_800, 14_400, 15_100, 15_716]
-    rt.handle("llm_output", run_output(prompts), c)
+    handle(rt, "llm_output", run_output(prompts), c)
     st = rt.status("s1")
     assert st["fillPct"] == pytest.approx(15_716 / BUDGET * 100, abs=0.1)
     assert st["contextWindow"] == BUDGET
@@ -121,7 +122,7 @@ def test_without_last_assistant_the_run_usage_is_still_used(paths: StatePaths, w
     c = ctx(ws=ws)
     ev = run_output([9_000])
     del ev["lastAssistant"]
-    rt.handle("llm_output", ev, c)
+    handle(rt, "llm_output", ev, c)
     assert rt.status("s1")["fillPct"] == pytest.approx(22.5, abs=0.1)
 
 
@@ -131,7 +132,7 @@ def test_without_last_assistant_the_run_usage_is_still_used(paths: StatePaths, w
 def _session_with_edits(rt: TokenOptimizer, ws: Path, paths: StatePaths) -> dict[str, Any]:
     c = ctx(ws=ws)
     turn(rt, "Task: make retry() in src/retry.py honour max_attempts. Never touch the tests.", c)
-    rt.handle("llm_output", run_output([9_000, 11_000]), c)
+    handle(rt, "llm_output", run_output([9_000, 11_000]), c)
     history: list[dict[str, Any]] = [
         {"role": "user", "content": "Task: make retry() in src/retry.py honour max_attempts."},
     ]
@@ -141,7 +142,7 @@ def _session_with_edits(rt: TokenOptimizer, ws: Path, paths: StatePaths) -> dict
             {"type": "toolCall", "name": "read", "arguments": {"path": "src/util.py"}}]})
         history.append({"role": "user", "content": f"continue {i}"})
     turn(rt, "continue with the plan", c, history)
-    rt.handle("llm_output", run_output([21_000, 27_000]), c)  # 67.5 %
+    handle(rt, "llm_output", run_output([21_000, 27_000]), c)  # 67.5 %
     for name, path in (("edit", "src/retry.py"), ("write", "src/backoff.py"),
                        ("edit", "src/util.py"), ("edit", "src/retry.py"), ("apply_patch", "src/api.py")):
         tool(rt, name, {"path": path, "oldText": "a", "newText": "b"}, c)
@@ -156,8 +157,8 @@ def test_restore_after_compaction_is_the_compactions_checkpoint(paths: StatePath
     rt = make_rt(paths, ws)
     c = _session_with_edits(rt, ws, paths)
     assert "progressive-65" in triggers(paths)
-    rt.handle("before_compaction", {"messageCount": 63, "tokenCount": 27_000}, c)
-    out = rt.handle("after_compaction", {"messageCount": 4, "compactedCount": 59}, c)
+    handle(rt, "before_compaction", {"messageCount": 63, "tokenCount": 27_000}, c)
+    out = handle(rt, "after_compaction", {"messageCount": 4, "compactedCount": 59}, c)
     enq = [a for a in out.actions if getattr(a, "idempotency_key", None)]
     assert len(enq) == 1
     text: str = enq[0].text  # type: ignore[attr-defined]
@@ -181,7 +182,7 @@ def test_restore_falls_back_to_the_newest_checkpoint(paths: StatePaths, ws: Path
     rt = make_rt(paths, ws)
     c = _session_with_edits(rt, ws, paths)
     # no before_compaction seen (e.g. a worker restart in between): the newest checkpoint
-    out = rt.handle("after_compaction", {"messageCount": 4, "compactedCount": 59}, c)
+    out = handle(rt, "after_compaction", {"messageCount": 4, "compactedCount": 59}, c)
     text: str = next(a for a in out.actions if getattr(a, "idempotency_key", None)).text  # type: ignore[attr-defined]
     newest = triggers(paths)[-1]
     assert f"> Trigger: {newest}" in text and RECOVERED_MARKER in text
@@ -197,7 +198,7 @@ def test_whole_session_sections_stay_bounded(paths: StatePaths, ws: Path) -> Non
         history += [{"role": "user", "content": f"You should also check item {i} carefully."},
                     {"role": "assistant", "content": f"I'll use approach {i} for this module."}]
         # agent_end carries the conversation, cut to its newest 200 messages by the shim
-        rt.handle("agent_end", {"messages": history[-200:]}, c)
+        handle(rt, "agent_end", {"messages": history[-200:]}, c)
     notes = rt.ledger.notes("s1")
     assert notes is not None
     assert notes.task is not None and notes.task.startswith("Task: rename every module")
@@ -222,10 +223,10 @@ def test_band_crossed_during_a_cooldown_fires_once_when_it_ends(paths: StatePath
     rt = make_rt(paths, ws, cooldown_ms=300, eval_cooldown_ms=100)
     c = ctx(ws=ws)
     turn(rt, "Task: start", c)
-    rt.handle("llm_output", run_output([9_000]), c)      # 22.5 %
+    handle(rt, "llm_output", run_output([9_000]), c)      # 22.5 %
     turn(rt, "go on", c)
     assert triggers(paths) == ["progressive-20"]
-    rt.handle("llm_output", run_output([15_000]), c)     # 37.5 %: inside the cooldown
+    handle(rt, "llm_output", run_output([15_000]), c)     # 37.5 %: inside the cooldown
     turn(rt, "go on", c)
     assert triggers(paths) == ["progressive-20"]        # held back, not dropped
     time.sleep(0.35)
@@ -240,11 +241,11 @@ def test_held_back_band_is_taken_at_session_end(paths: StatePaths, ws: Path) -> 
     rt = make_rt(paths, ws, cooldown_ms=60_000, eval_cooldown_ms=30_000)
     c = ctx(ws=ws)
     turn(rt, "Task: start", c)
-    rt.handle("llm_output", run_output([9_000]), c)
+    handle(rt, "llm_output", run_output([9_000]), c)
     turn(rt, "go on", c)
-    rt.handle("llm_output", run_output([21_000]), c)    # 52.5 %, both cooldowns running
+    handle(rt, "llm_output", run_output([21_000]), c)    # 52.5 %, both cooldowns running
     assert triggers(paths) == ["progressive-20"]
-    rt.handle("session_end", {"reason": "deleted"}, c)
+    handle(rt, "session_end", {"reason": "deleted"}, c)
     bands = [t for t in triggers(paths) if t.startswith("progressive-")]
     assert sorted(bands) == ["progressive-20", "progressive-35", "progressive-50"]
     assert len(bands) == len(set(bands))
@@ -271,7 +272,7 @@ def test_edit_batch_earned_during_a_cooldown_is_not_lost(paths: StatePaths, ws: 
         tool(rt, "edit", {"path": f"src/{f}"}, c)
     assert "milestone-edit-batch" not in triggers(paths)
     time.sleep(0.35)
-    rt.handle("llm_output", run_output([5_000]), c)
+    handle(rt, "llm_output", run_output([5_000]), c)
     assert triggers(paths).count("milestone-edit-batch") == 1
     st = json.loads((paths.checkpoints / "s1" / "policy-state.json").read_text())
     assert st["editWriteCount"] == 5 and st["editBatchMarkerWrites"] == 5
@@ -298,10 +299,10 @@ def test_relative_reads_resolve_against_the_sessions_workspace(paths: StatePaths
 def test_late_enqueue_ack_still_credits_the_restore(paths: StatePaths, ws: Path) -> None:
     rt = make_rt(paths, ws)
     c = _session_with_edits(rt, ws, paths)
-    rt.handle("before_compaction", {"messageCount": 63}, c)
-    out = rt.handle("after_compaction", {"messageCount": 4, "compactedCount": 59}, c)
+    handle(rt, "before_compaction", {"messageCount": 63}, c)
+    out = handle(rt, "after_compaction", {"messageCount": 4, "compactedCount": 59}, c)
     enq = next(a for a in out.actions if getattr(a, "idempotency_key", None))
-    rt.handle("session_end", {"reason": "deleted"}, c)  # observe hooks are not awaited
+    handle(rt, "session_end", {"reason": "deleted"}, c)  # observe hooks are not awaited
     rt.enqueue_result(enq.session_key, enq.idempotency_key, True)  # type: ignore[attr-defined]
     log = paths.root / "savings-events.jsonl"
     rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
@@ -318,8 +319,8 @@ def test_late_enqueue_ack_still_credits_the_restore(paths: StatePaths, ws: Path)
 def test_second_sessions_hint_names_the_real_task(paths: StatePaths, ws: Path) -> None:
     rt = make_rt(paths, ws)
     c = _session_with_edits(rt, ws, paths)
-    rt.handle("before_compaction", {"messageCount": 63}, c)
-    rt.handle("session_end", {"reason": "deleted"}, c)
+    handle(rt, "before_compaction", {"messageCount": 63}, c)
+    handle(rt, "session_end", {"reason": "deleted"}, c)
     out = turn(rt, "Continue the retry max_attempts work in src/retry.py", ctx("s2", ws=ws))
     assert out is not None
     hint = out["prependContext"]

@@ -18,6 +18,7 @@ from token_optimizer.events import (
     Usage,
 )
 from token_optimizer.fsutil import StatePaths
+from token_optimizer.hosts.openclaw_events import handle
 from token_optimizer.policy import PolicySettings
 from token_optimizer.runtime import TokenOptimizer
 
@@ -60,23 +61,23 @@ def manifest_triggers(paths: StatePaths, sid: str) -> list[str]:
 
 
 def turn(rt: TokenOptimizer, prompt: str, c: dict[str, Any], **event: Any) -> dict[str, Any] | None:
-    return rt.handle("agent_turn_prepare", {"prompt": prompt, **event}, c).result
+    return handle(rt, "agent_turn_prepare", {"prompt": prompt, **event}, c).result
 
 
 # ------------------------------------------------------------------ hooks
 
 
 def test_turn_prepare_returns_none_without_identity_or_prompt(rt: TokenOptimizer) -> None:
-    out = rt.handle("agent_turn_prepare", {"prompt": "hello"}, {"trigger": "user"})
+    out = handle(rt, "agent_turn_prepare", {"prompt": "hello"}, {"trigger": "user"})
     assert out.result is None
     assert any("sessionId" in a.message for a in out.actions)
-    assert rt.handle("agent_turn_prepare", {"prompt": "   "}, ctx()).result is None
+    assert handle(rt, "agent_turn_prepare", {"prompt": "   "}, ctx()).result is None
     # A non-string prompt is ignored, not raised into the host.
-    assert rt.handle("agent_turn_prepare", {"prompt": 42}, ctx()).result is None
+    assert handle(rt, "agent_turn_prepare", {"prompt": 42}, ctx()).result is None
 
 
 def test_non_user_turns_and_cron_jobs_are_skipped(rt: TokenOptimizer, paths: StatePaths) -> None:
-    rt.handle("llm_output", usage_event(120_000), ctx())
+    handle(rt, "llm_output", usage_event(120_000), ctx())
     assert turn(rt, "do the thing", ctx(trigger="heartbeat")) is None
     assert turn(rt, "do the thing", ctx(jobId="cron-1")) is None
     assert manifest_triggers(paths, "s1") == []
@@ -86,10 +87,10 @@ def test_non_user_turns_and_cron_jobs_are_skipped(rt: TokenOptimizer, paths: Sta
 def test_fill_bands_fire_from_the_latest_prompt(rt: TokenOptimizer, paths: StatePaths) -> None:
     c = ctx()
     turn(rt, "start", c)
-    rt.handle("llm_output", usage_event(45_000), c)          # 22.5 %
+    handle(rt, "llm_output", usage_event(45_000), c)          # 22.5 %
     turn(rt, "next", c)
     assert manifest_triggers(paths, "s1") == ["progressive-20"]
-    rt.handle("llm_output", usage_event(104_000), c)         # 52 %
+    handle(rt, "llm_output", usage_event(104_000), c)         # 52 %
     turn(rt, "next", c)
     trig = manifest_triggers(paths, "s1")
     bands = [t for t in trig if t.startswith("progressive-")]
@@ -109,7 +110,7 @@ def test_uncached_session_at_40_percent_fires_only_20_and_35(rt: TokenOptimizer,
     c = ctx()
     for i in range(1, 31):
         turn(rt, f"step {i}: keep going with the refactor", c)
-        rt.handle("llm_output", usage_event(int(80_000 * i / 30), fresh=None, output=800), c)
+        handle(rt, "llm_output", usage_event(int(80_000 * i / 30), fresh=None, output=800), c)
     turn(rt, "final step", c)
     trig = manifest_triggers(paths, "s1")
     bands = [t for t in trig if t.startswith("progressive-")]
@@ -120,7 +121,7 @@ def test_uncached_session_at_40_percent_fires_only_20_and_35(rt: TokenOptimizer,
 def test_context_budget_overrides_model_table(rt: TokenOptimizer) -> None:
     c = ctx()
     turn(rt, "hi", c)
-    rt.handle("llm_output", usage_event(50_000, budget=100_000, model="claude-sonnet-4"), c)
+    handle(rt, "llm_output", usage_event(50_000, budget=100_000, model="claude-sonnet-4"), c)
     assert rt.status("s1")["fillPct"] == pytest.approx(50.0)
     assert rt.status("s1")["contextWindow"] == 100_000
 
@@ -131,9 +132,9 @@ def test_before_tool_call_reference_and_real_host_read_ids(rt: TokenOptimizer, t
     for name, key in (("Read", "file_path"), ("read", "path")):
         c = ctx(sid=f"s-{name}", key=f"k-{name}")
         for _ in range(2):
-            out = rt.handle("before_tool_call", {"toolName": name, "params": {key: str(f)}}, c)
+            out = handle(rt, "before_tool_call", {"toolName": name, "params": {key: str(f)}}, c)
             assert out.result is None  # warn mode: never blocks a full re-read
-            rt.handle("after_tool_call", {"toolName": name, "params": {key: str(f)}}, c)
+            handle(rt, "after_tool_call", {"toolName": name, "params": {key: str(f)}}, c)
         decisions = rt.paths.decisions / f"s-{name}.jsonl"
         rows = [json.loads(x) for x in decisions.read_text().splitlines()]
         assert [r["decision"] for r in rows][-1] == "warn"
@@ -144,9 +145,9 @@ def test_block_mode_returns_block_shape(rt: TokenOptimizer, tmp_path: Path, monk
     f = tmp_path / "ws" / "b.py"
     f.write_text("def f():\n    return 1\n" * 20)
     c = ctx()
-    first = rt.handle("before_tool_call", {"toolName": "read", "params": {"path": str(f)}}, c)
+    first = handle(rt, "before_tool_call", {"toolName": "read", "params": {"path": str(f)}}, c)
     assert first.result is None
-    second = rt.handle("before_tool_call", {"toolName": "read", "params": {"path": str(f)}}, c)
+    second = handle(rt, "before_tool_call", {"toolName": "read", "params": {"path": str(f)}}, c)
     assert second.result is not None
     assert second.result["block"] is True
     assert isinstance(second.result["blockReason"], str) and second.result["blockReason"]
@@ -157,11 +158,11 @@ def test_block_mode_returns_block_shape(rt: TokenOptimizer, tmp_path: Path, monk
 def test_pre_fanout_milestone_on_agent_spawn(rt: TokenOptimizer, paths: StatePaths, name: str) -> None:
     c = ctx()
     turn(rt, "plan", c)
-    rt.handle("llm_output", usage_event(10_000), c)
-    assert rt.handle("before_tool_call", {"toolName": name, "params": {}}, c).result is None
+    handle(rt, "llm_output", usage_event(10_000), c)
+    assert handle(rt, "before_tool_call", {"toolName": name, "params": {}}, c).result is None
     assert manifest_triggers(paths, "s1") == ["milestone-pre-fanout"]
     # Once per session lifetime.
-    rt.handle("before_tool_call", {"toolName": name, "params": {}}, c)
+    handle(rt, "before_tool_call", {"toolName": name, "params": {}}, c)
     assert manifest_triggers(paths, "s1") == ["milestone-pre-fanout"]
 
 
@@ -169,9 +170,9 @@ def test_pre_fanout_milestone_on_agent_spawn(rt: TokenOptimizer, paths: StatePat
 def test_edit_batch_milestone(rt: TokenOptimizer, paths: StatePaths, names: list[str]) -> None:
     c = ctx()
     turn(rt, "edit things", c)
-    rt.handle("llm_output", usage_event(10_000), c)
+    handle(rt, "llm_output", usage_event(10_000), c)
     for i, n in enumerate(names):
-        rt.handle("after_tool_call", {"toolName": n, "params": {"file_path": f"/w/f{i % 2}.py"}}, c)
+        handle(rt, "after_tool_call", {"toolName": n, "params": {"file_path": f"/w/f{i % 2}.py"}}, c)
     assert "milestone-edit-batch" in manifest_triggers(paths, "s1")
 
 
@@ -180,7 +181,7 @@ def test_before_compaction_without_messages_uses_the_ledger(rt: TokenOptimizer, 
     history = [{"role": "user", "content": "Please always use tabs in this repo."},
                {"role": "assistant", "content": "I'll convert the indentation to tabs now."}]
     turn(rt, "go", c, messages=history)
-    rt.handle("before_compaction", {"messageCount": 4, "tokenCount": 26}, c)  # real host manual path
+    handle(rt, "before_compaction", {"messageCount": 4, "tokenCount": 26}, c)  # real host manual path
     assert manifest_triggers(paths, "s1") == ["compact"]
     entry = json.loads((paths.checkpoints / "s1" / "manifest.jsonl").read_text().splitlines()[0])
     body = Path(entry["file"]).read_text()
@@ -191,7 +192,7 @@ def test_before_compaction_without_messages_uses_the_ledger(rt: TokenOptimizer, 
 def test_before_compaction_reference_payload_with_messages(rt: TokenOptimizer, paths: StatePaths) -> None:
     msgs = [{"role": "user", "content": "You must keep the API stable.", "timestamp": "2025-01-01T00:00:00Z"},
             {"role": "assistant", "content": "Decided: using a facade."}]
-    out = rt.handle("before_compaction", {"messages": msgs}, {"sessionId": "ref-1"})
+    out = handle(rt, "before_compaction", {"messages": msgs}, {"sessionId": "ref-1"})
     assert out.result is None
     body = Path(json.loads((paths.checkpoints / "ref-1" / "manifest.jsonl").read_text())["file"]).read_text()
     assert body.startswith("# Session Checkpoint (v2)\n")
@@ -199,7 +200,7 @@ def test_before_compaction_reference_payload_with_messages(rt: TokenOptimizer, p
 
 
 def _seed_checkpoint(rt: TokenOptimizer, sid: str) -> None:
-    rt.handle("before_compaction", {"messages": [{"role": "user", "content": f"work for {sid}"}]},
+    handle(rt, "before_compaction", {"messages": [{"role": "user", "content": f"work for {sid}"}]},
               {"sessionId": sid})
 
 
@@ -210,7 +211,7 @@ def test_after_compaction_enqueues_with_idempotency_keys(rt: TokenOptimizer) -> 
     c = {"sessionId": s, "sessionKey": s, "trigger": "compaction"}
     keys = []
     for _ in range(2):
-        out = rt.handle("after_compaction", {}, c)
+        out = handle(rt, "after_compaction", {}, c)
         acts = out.actions_json()
         enq = [a for a in acts if a["type"] == "enqueue_next_turn_injection"]
         assert len(enq) == 1
@@ -222,7 +223,7 @@ def test_after_compaction_enqueues_with_idempotency_keys(rt: TokenOptimizer) -> 
 
     retry = []
     for _ in range(2):
-        out = rt.handle("after_compaction", {"messageCount": 42}, c)
+        out = handle(rt, "after_compaction", {"messageCount": 42}, c)
         enq = [a for a in out.actions_json() if a["type"] == "enqueue_next_turn_injection"]
         retry.extend(a["idempotencyKey"] for a in enq)
         for a in enq:
@@ -231,7 +232,7 @@ def test_after_compaction_enqueues_with_idempotency_keys(rt: TokenOptimizer) -> 
 
 
 def test_after_compaction_without_checkpoint_is_silent(rt: TokenOptimizer) -> None:
-    out = rt.handle("after_compaction", {}, {"sessionId": "none", "sessionKey": "none"})
+    out = handle(rt, "after_compaction", {}, {"sessionId": "none", "sessionKey": "none"})
     assert out.actions_json() == []
     assert len(rt.compaction_counter) == 0
 
@@ -239,8 +240,8 @@ def test_after_compaction_without_checkpoint_is_silent(rt: TokenOptimizer) -> No
 def test_rejected_enqueue_is_delivered_on_next_user_turn_once(rt: TokenOptimizer, paths: StatePaths) -> None:
     c = ctx()
     turn(rt, "start", c, messages=[{"role": "user", "content": "Never push to main directly."}])
-    rt.handle("before_compaction", {"messageCount": 3}, c)
-    out = rt.handle("after_compaction", {"compactedCount": 3, "messageCount": 3}, c)
+    handle(rt, "before_compaction", {"messageCount": 3}, c)
+    out = handle(rt, "after_compaction", {"compactedCount": 3, "messageCount": 3}, c)
     enq = [a for a in out.actions_json() if a["type"] == "enqueue_next_turn_injection"]
     assert enq and enq[0]["idempotencyKey"] == "checkpoint-restore:agent:main:s1:s1:3:msg:3"
     rt.enqueue_result("agent:main:s1", enq[0]["idempotencyKey"], False)   # discovery-mode api
@@ -257,7 +258,7 @@ def test_rejected_enqueue_is_delivered_on_next_user_turn_once(rt: TokenOptimizer
 def test_queued_injection_seen_by_host_is_not_delivered_twice(rt: TokenOptimizer) -> None:
     c = ctx()
     _seed_checkpoint(rt, "s1")
-    out = rt.handle("after_compaction", {"messageCount": 7}, c)
+    out = handle(rt, "after_compaction", {"messageCount": 7}, c)
     a = next(x for x in out.actions_json() if x["type"] == "enqueue_next_turn_injection")
     res = turn(rt, "next", c, queuedInjections=[{"text": a["text"], "idempotencyKey": a["idempotencyKey"]}])
     assert res is None or a["text"] not in res.get("prependContext", "")
@@ -278,14 +279,14 @@ def test_session_end_releases_every_collection(rt: TokenOptimizer, tmp_path: Pat
     f = tmp_path / "ws" / "r.py"
     f.write_text("print(1)\n")
     turn(rt, "hello", c, messages=[{"role": "user", "content": "hello"}])
-    rt.handle("llm_output", usage_event(60_000), c)
+    handle(rt, "llm_output", usage_event(60_000), c)
     turn(rt, "again", c)
-    rt.handle("before_tool_call", {"toolName": "read", "params": {"path": str(f)}}, c)
-    rt.handle("after_tool_call", {"toolName": "edit", "params": {"path": str(f)}}, c)
+    handle(rt, "before_tool_call", {"toolName": "read", "params": {"path": str(f)}}, c)
+    handle(rt, "after_tool_call", {"toolName": "edit", "params": {"path": str(f)}}, c)
     _seed_checkpoint(rt, "s1")
-    rt.handle("after_compaction", {}, c)
+    handle(rt, "after_compaction", {}, c)
     assert any(v for v in rt.tracked_counts().values())
-    rt.handle("session_end", {"sessionId": "s1", "sessionKey": "agent:main:s1", "reason": "deleted"}, c)
+    handle(rt, "session_end", {"sessionId": "s1", "sessionKey": "agent:main:s1", "reason": "deleted"}, c)
     for name, coll in rt.collections().items():
         assert "s1" not in coll and "agent:main:s1" not in coll, name
     # Disk state stays.
@@ -296,9 +297,9 @@ def test_sessions_that_never_end_stay_bounded(rt: TokenOptimizer) -> None:
     for i in range(3000):
         sid = f"leak-{i}"
         c = ctx(sid=sid, key=f"k-{i}")
-        rt.handle("agent_turn_prepare", {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, c)
-        rt.handle("llm_output", usage_event(1000), c)
-        rt.handle("after_tool_call", {"toolName": "edit", "params": {"path": f"/x/{i}"}}, c)
+        handle(rt, "agent_turn_prepare", {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, c)
+        handle(rt, "llm_output", usage_event(1000), c)
+        handle(rt, "after_tool_call", {"toolName": "edit", "params": {"path": f"/x/{i}"}}, c)
     counts = rt.tracked_counts()
     assert max(counts.values()) <= bounded.MAX_TRACKED_SESSIONS
     assert counts["continuity_injected"] == 2000
@@ -314,12 +315,12 @@ def test_hooks_never_raise(rt: TokenOptimizer, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(rt.store, "capture", boom)
     monkeypatch.setattr(rt.read_cache, "before_read", boom)
-    out = rt.handle("before_compaction", {"messages": [{"role": "user", "content": "x"}]}, ctx())
+    out = handle(rt, "before_compaction", {"messages": [{"role": "user", "content": "x"}]}, ctx())
     assert out.result is None
     assert any(a.level == "error" and "disk on fire" in a.message for a in out.actions)
-    assert rt.handle("before_tool_call", {"toolName": "read", "params": {"path": "/x"}}, ctx()).result is None
-    assert rt.handle("unknown_hook", {}, {}).result is None
-    assert rt.handle("agent_turn_prepare", None, None).result is None  # type: ignore[arg-type]
+    assert handle(rt, "before_tool_call", {"toolName": "read", "params": {"path": "/x"}}, ctx()).result is None
+    assert handle(rt, "unknown_hook", {}, {}).result is None
+    assert handle(rt, "agent_turn_prepare", None, None).result is None  # type: ignore[arg-type]
 
 
 def test_typed_api_matches_ts_api(paths: StatePaths) -> None:
@@ -344,14 +345,14 @@ def test_restore_credit_counts_reads_cleared_by_compaction(rt: TokenOptimizer, p
     big.write_text("def f(x):\n    return x * 2\n" * 4000)   # ~110 KB, re-read twice
     c = ctx()
     for _ in range(2):
-        rt.handle("before_tool_call", {"toolName": "read", "params": {"path": str(big)}}, c)
-        rt.handle("after_tool_call", {"toolName": "read", "params": {"path": str(big)}}, c)
+        handle(rt, "before_tool_call", {"toolName": "read", "params": {"path": str(big)}}, c)
+        handle(rt, "after_tool_call", {"toolName": "read", "params": {"path": str(big)}}, c)
     active = rt.read_cache.active_read_tokens("main", "s1")
     assert active > 10_000
     turn(rt, "go", c, messages=[{"role": "user", "content": "short"}])
-    rt.handle("before_compaction", {}, c)
+    handle(rt, "before_compaction", {}, c)
     assert rt.read_cache.active_read_tokens("main", "s1") == 0   # cache cleared
-    out = rt.handle("after_compaction", {"messageCount": 1}, c)
+    out = handle(rt, "after_compaction", {"messageCount": 1}, c)
     enq = next(a for a in out.actions_json() if a["type"] == "enqueue_next_turn_injection")
     rt.enqueue_result("agent:main:s1", enq["idempotencyKey"], True)
     rows = [json.loads(x) for x in paths.savings_log.read_text().splitlines()]
@@ -365,7 +366,7 @@ def test_works_without_an_openclaw_data_dir(paths: StatePaths) -> None:
     assert not paths.openclaw_dir.exists()
     rt = TokenOptimizer(paths.root, settings=PolicySettings.from_env(NO_COOLDOWN))
     c = ctx()
-    rt.handle("llm_output", usage_event(44_000), c)
+    handle(rt, "llm_output", usage_event(44_000), c)
     turn(rt, "hello", c)
     assert manifest_triggers(paths, "s1") == ["progressive-20"]
 
@@ -374,7 +375,7 @@ def test_contributions_survive_a_failing_evaluation(rt: TokenOptimizer, monkeypa
     """COMPAT: the reference drops the turn's contributions when the trailing evaluation throws."""
     c = ctx()
     for _ in range(2):
-        rt.handle("llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
+        handle(rt, "llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
                                  "usage": {"input": 120_000, "output": 100}}, c)
         first = turn(rt, "keep going", c)
 
@@ -385,10 +386,10 @@ def test_contributions_survive_a_failing_evaluation(rt: TokenOptimizer, monkeypa
     rt2 = TokenOptimizer(rt.paths.root, settings=PolicySettings.from_env(NO_COOLDOWN))
     monkeypatch.setattr(rt2.policy, "decide_snapshot", boom)
     c2 = ctx(sid="s2", key="k2")
-    rt2.handle("llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
+    handle(rt2, "llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
                               "usage": {"input": 120_000, "output": 100}}, c2)
     turn(rt2, "one", c2)
-    out = rt2.handle("agent_turn_prepare", {"prompt": "two"}, c2)
+    out = handle(rt2, "agent_turn_prepare", {"prompt": "two"}, c2)
     assert out.result is not None and "[Token Optimizer]" in out.result["prependContext"]
     assert any("evaluation broke" in a.message for a in out.actions)
 
@@ -400,16 +401,16 @@ def test_no_snapshot_checkpoint_before_any_usage(rt: TokenOptimizer, paths: Stat
     for i in range(3):
         turn(rt, f"turn {i}", c, messages=[{"role": "user", "content": f"turn {j}"} for j in range(i + 1)])
     assert manifest_triggers(paths, "s1") == []
-    rt.handle("llm_output", usage_event(44_000), c)
+    handle(rt, "llm_output", usage_event(44_000), c)
     turn(rt, "turn 4", c)
     assert manifest_triggers(paths, "s1") == ["progressive-20"]
 
 
 def test_status_does_not_retrack_a_released_session(rt: TokenOptimizer) -> None:
     c = ctx()
-    rt.handle("llm_output", usage_event(44_000), c)
+    handle(rt, "llm_output", usage_event(44_000), c)
     turn(rt, "hello", c)
-    rt.handle("session_end", {"sessionId": "s1", "reason": "deleted"}, c)
+    handle(rt, "session_end", {"sessionId": "s1", "reason": "deleted"}, c)
     st = rt.status("s1")
     assert st["capturedFillBands"] == [20]          # read from disk
     assert all(v == 0 for v in rt.tracked_counts().values())

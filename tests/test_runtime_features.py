@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from token_optimizer.fsutil import StatePaths, is_within
+from token_optimizer.hosts.openclaw_events import TS_HOOK_NAMES, handle
 from token_optimizer.policy import PolicySettings
-from token_optimizer.runtime import TS_HOOK_NAMES, TokenOptimizer
+from token_optimizer.runtime import TokenOptimizer
 
 NO_COOLDOWN = PolicySettings.from_env({
     "TOKEN_OPTIMIZER_CHECKPOINT_COOLDOWN_MS": "0",
@@ -28,13 +29,13 @@ def ctx(sid: str) -> dict[str, Any]:
 
 def heavy_usage(rt: TokenOptimizer, sid: str, prompt_tokens: int = 120_000) -> None:
     """A cache-missing, low-output call: quality well under 70 at 60 % fill."""
-    rt.handle("llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
+    handle(rt, "llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
                              "usage": {"input": prompt_tokens, "output": 100, "cacheRead": 0,
                                        "cacheWrite": 0}}, ctx(sid))
 
 
 def prepare(rt: TokenOptimizer, sid: str, prompt: str = "keep going") -> str:
-    out = rt.handle("agent_turn_prepare", {"prompt": prompt}, ctx(sid))
+    out = handle(rt, "agent_turn_prepare", {"prompt": prompt}, ctx(sid))
     return (out.result or {}).get("prependContext", "")
 
 
@@ -65,7 +66,7 @@ def test_nudge_state_cleared_on_session_end(paths: StatePaths) -> None:
     prepare(rt, "n2")
     prepare(rt, "n2")
     assert "n2" in rt.nudge_fired and "n2" in rt.prior_scores
-    rt.handle("session_end", {"sessionId": "n2", "reason": "deleted"}, ctx("n2"))
+    handle(rt, "session_end", {"sessionId": "n2", "reason": "deleted"}, ctx("n2"))
     assert "n2" not in rt.nudge_fired and "n2" not in rt.prior_scores
 
 
@@ -73,13 +74,13 @@ def test_prior_scores_bounded_and_active_session_survives(paths: StatePaths) -> 
     # Every leaked session captures a quality checkpoint: skip fsync to keep this fast.
     rt = TokenOptimizer(paths.root, settings=replace(NO_COOLDOWN, durable=False))
     # The active session stays below the nudge's fill floor, so it is scored on every turn.
-    rt.handle("llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
+    handle(rt, "llm_output", {"model": "gpt-4o", "contextTokenBudget": 200_000,
                              "usage": {"input": 2000, "output": 900, "cacheRead": 30_000,
                                        "cacheWrite": 0}}, ctx("active"))
     prepare(rt, "active")
     for i in range(2500):
         sid = f"leak-{i}"
-        rt.handle("llm_output", {"model": "gpt-4o", "usage": {"input": 1000, "output": 50}}, ctx(sid))
+        handle(rt, "llm_output", {"model": "gpt-4o", "usage": {"input": 1000, "output": 50}}, ctx(sid))
         prepare(rt, sid)
         if i % 100 == 99:
             prepare(rt, "active")
@@ -98,7 +99,7 @@ def write_prior_session(rt: TokenOptimizer, sid: str, cwd: str) -> None:
         {"role": "assistant", "content": "Done with the writer.\n"
                                          f"{cwd}/billing/exporter.py edited to add the parquet writer"},
     ]
-    rt.handle("before_compaction", {"messages": msgs}, {"sessionId": sid, "agentId": "main"})
+    handle(rt, "before_compaction", {"messages": msgs}, {"sessionId": sid, "agentId": "main"})
 
 
 def test_second_session_gets_continuity_hint_and_unrelated_does_not(paths: StatePaths, tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_fuzz_every_hook_never_raises_nor_escapes_root(home: Path, paths: StateP
     rt = _fuzz_runtime(paths)
     if isinstance(event, dict) and hook in ("before_tool_call", "after_tool_call"):
         event = {**event, "toolName": tool, "params": params}
-    out = rt.handle(hook, event, context)
+    out = handle(rt, hook, event, context)
     assert out.result is None or isinstance(out.result, dict)
     if out.result is not None and hook == "agent_turn_prepare":
         assert isinstance(out.result["prependContext"], str)

@@ -43,6 +43,7 @@ class _Recorder:
 def run_demo(home: Path, workspace: Path) -> dict[str, Any]:
     """Run the sample session; return a machine-readable report."""
     # Import lazily so `--help` works even if a runtime dependency is broken.
+    from token_optimizer.hosts.openclaw_events import handle
     from token_optimizer.policy import PolicySettings
     from token_optimizer.runtime import TokenOptimizer
 
@@ -64,7 +65,7 @@ def run_demo(home: Path, workspace: Path) -> dict[str, Any]:
     budget = sample["contextTokenBudget"]
 
     def hook(name: str, event: Mapping[str, Any], ctx: Mapping[str, Any]) -> HookOutcome:
-        return rt.handle(name, dict(event), dict(ctx))
+        return handle(rt, name, dict(event), dict(ctx))
 
     def new_checkpoints(sid: str, before: int) -> list[dict[str, str]]:
         files = rt.policy.checkpoint_files(sid)

@@ -31,6 +31,14 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class QueuedInjection:
+    """An injection the host already holds for a session's next turn."""
+
+    idempotency_key: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
 class TurnPrepare:
     ident: Identity
     prompt: str

@@ -79,6 +79,7 @@ from token_optimizer.events import (
     Usage,
     token_count,
 )
+from token_optimizer.hooks import HERMES_HOOKS
 from token_optimizer.hosts import hermes_home
 from token_optimizer.models import Message
 from token_optimizer.quality import context_window_for_model
@@ -105,18 +106,7 @@ INLINE_WAIT_S = 5.0
 _SUMMARY_MARKERS = ("[CONTEXT COMPACTION", "[CONTEXT SUMMARY]",
                     "[END OF PRIOR CONTEXT — COMPACTION SUMMARY BELOW]")
 
-HOOKS = (
-    "pre_llm_call",
-    "post_api_request",
-    "pre_tool_call",
-    "post_tool_call",
-    "on_session_start",
-    "on_session_finalize",
-    "on_session_reset",
-    "subagent_start",
-    "subagent_stop",
-    "pre_gateway_dispatch",
-)
+HOOKS = HERMES_HOOKS
 """Hook names this plugin registers (``on_session_end`` deliberately absent)."""
 
 

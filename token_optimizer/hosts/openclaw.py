@@ -84,9 +84,10 @@ def build_runtime(config: dict[str, Any] | None) -> Runtime:
         mod_name, _, attr = spec.partition(":")
         factory: Callable[..., Runtime] = getattr(importlib.import_module(mod_name), attr or "TokenOptimizer")
         return factory(config=cfg_obj)
+    from token_optimizer.hosts.openclaw_events import OpenClawEvents
     from token_optimizer.runtime import TokenOptimizer
 
-    runtime: Runtime = TokenOptimizer(config=cfg_obj)
+    runtime: Runtime = OpenClawEvents(TokenOptimizer(config=cfg_obj))
     return runtime
 
 
@@ -140,6 +141,7 @@ class Worker:
             return
         try:
             importlib.import_module("token_optimizer.runtime")
+            importlib.import_module("token_optimizer.hosts.openclaw_events")
         except Exception:
             log.exception("[token-optimizer] cannot import the runtime")
 
