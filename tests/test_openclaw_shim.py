@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from realhost.procs import pid_alive, wait_for
 
 from token_optimizer.hooks import OPENCLAW_HOOKS
-from realhost.procs import pid_alive, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = ROOT / "dist" / "index.js"
