@@ -73,14 +73,23 @@ class Pricer:
                  use_genai_prices: bool = True) -> None:
         self._pricing = get_pricing(openclaw_dir)
         self._cards: dict[str, tuple[str, ModelPricing | _GenaiCard] | None] = {}
-        self._genai: Any = None
-        if use_genai_prices:
-            try:
-                import genai_prices  # optional extra [prices]
+        self._use_genai = use_genai_prices
+        self._genai_loaded = False
+        self._genai_mod: Any = None
 
-                self._genai = genai_prices
-            except ImportError:
-                self._genai = None
+    @property
+    def _genai(self) -> Any:
+        """The optional ``genai_prices`` module, imported on first need (it is large)."""
+        if not self._genai_loaded:
+            self._genai_loaded = True
+            if self._use_genai:
+                try:
+                    import genai_prices  # optional extra [prices]
+
+                    self._genai_mod = genai_prices
+                except ImportError:
+                    self._genai_mod = None
+        return self._genai_mod
 
     @property
     def has_genai_prices(self) -> bool:

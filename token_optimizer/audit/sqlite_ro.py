@@ -56,9 +56,10 @@ def store_stamp(path: str | os.PathLike[str]) -> Stamp | None:
         return None
     try:
         wst = os.stat(os.fspath(path) + "-wal")
-        wal = (wst.st_size, wst.st_mtime_ns)
+        # an empty WAL (e.g. just created by a reader) holds nothing: same as none
+        wal = (wst.st_size, wst.st_mtime_ns) if wst.st_size > 0 else (0, 0)
     except OSError:
-        wal = (-1, -1)
+        wal = (0, 0)
     return (st.st_size, st.st_mtime_ns, wal[0], wal[1])
 
 
