@@ -20,6 +20,7 @@ CLI_MODULES = (
     "token_optimizer.policy",
     "token_optimizer.telemetry",
     "token_optimizer.hosts.openclaw_install",
+    "token_optimizer.commands.audit",
 )
 
 

@@ -1,0 +1,109 @@
+"""The incremental audit cache: ``<state root>/audit-cache.sqlite``.
+
+One row per source (a host store or a transcript file), holding the source's
+change stamp and everything needed to continue reading it: per-session
+accumulator states and watermarks. A second scan reads only what is new.
+
+The cache is ours, not the host's: it is an ordinary SQLite file written in
+one short transaction per scan. It is disposable: a missing, corrupt or
+old-format cache only costs a cold scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("token_optimizer")
+
+CACHE_FILE = "audit-cache.sqlite"
+FORMAT = 1
+
+
+class AuditCache:
+    """Key → JSON-able value, loaded lazily, written back with :meth:`flush`."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._con: sqlite3.Connection | None = None
+        self._dirty: dict[str, Any] = {}
+        self._seen: set[str] = set()
+        if self.path is not None:
+            self._open()
+
+    def _open(self) -> None:
+        assert self.path is not None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self.path, isolation_level=None, timeout=5)
+            con.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+            con.execute("CREATE TABLE IF NOT EXISTS sources (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            row = con.execute("SELECT v FROM meta WHERE k='format'").fetchone()
+            if row is None or row[0] != str(FORMAT):
+                con.execute("DELETE FROM sources")
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),))
+            self._con = con
+        except (OSError, sqlite3.Error) as exc:
+            log.debug("audit cache unavailable (%s): %s", self.path, exc)
+            self._con = None
+
+    def get(self, key: str) -> Any:
+        self._seen.add(key)
+        if key in self._dirty:
+            return self._dirty[key]
+        if self._con is None:
+            return None
+        try:
+            row = self._con.execute("SELECT value FROM sources WHERE key=?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None:
+            return None
+        try:
+            return orjson.loads(row[0])
+        except orjson.JSONDecodeError:
+            return None
+
+    def put(self, key: str, value: Any) -> None:
+        self._seen.add(key)
+        self._dirty[key] = value
+
+    def keys(self) -> list[str]:
+        if self._con is None:
+            return list(self._dirty)
+        try:
+            return [str(r[0]) for r in self._con.execute("SELECT key FROM sources")]
+        except sqlite3.Error:
+            return list(self._dirty)
+
+    def flush(self, *, prune_prefix: str | None = None) -> None:
+        """Write changed entries; with ``prune_prefix``, drop unseen keys under it (vanished files)."""
+        if self._con is None:
+            self._dirty.clear()
+            return
+        try:
+            self._con.execute("BEGIN IMMEDIATE")
+            for k, v in self._dirty.items():
+                self._con.execute("INSERT OR REPLACE INTO sources VALUES (?, ?)",
+                                  (k, orjson.dumps(v)))
+            if prune_prefix is not None:
+                for k in self.keys():
+                    if k.startswith(prune_prefix) and k not in self._seen:
+                        self._con.execute("DELETE FROM sources WHERE key=?", (k,))
+            self._con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.debug("audit cache write failed: %s", exc)
+            with contextlib.suppress(sqlite3.Error):
+                self._con.execute("ROLLBACK")
+        self._dirty.clear()
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None

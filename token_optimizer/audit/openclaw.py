@@ -1,0 +1,543 @@
+"""OpenClaw 2026.9.x reader: per-agent SQLite transcripts, session facts, cron jobs, legacy files.
+
+Layout (checked against the host's dist, ``openclaw-agent-board-schema-*.mjs``
+``OPENCLAW_AGENT_SCHEMA_SQL`` and ``openclaw-state-db-read-connection-*.mjs``
+``OPENCLAW_STATE_SCHEMA_SQL``, openclaw 2026.9.6):
+
+* ``<root>/agents/<id>/agent/openclaw-agent.sqlite``:
+  ``transcript_events(session_id, seq, event_json, created_at, event_zstd,
+  event_utf8_bytes, navigation_json)``: an event of 1 KiB or more may be stored
+  as one zstd frame in ``event_zstd`` with ``event_json`` NULL;
+  ``session_windows`` (one row per transcript generation: ``session_key``,
+  ``reason`` incl. ``compaction``/``rewind``, ``previous_session_id``, times,
+  ``status``, ``model``); ``session_nodes`` (``created_via``, the real cron
+  signal, ``project_id``); ``heartbeat_outcomes``;
+  ``session_transcript_cold_archives`` (whole transcripts moved out of
+  ``transcript_events`` into a zstd JSONL, in the db or under
+  ``agents/<id>/sessions/cold/``); ``session_transcript_archives`` (deleted or
+  reset transcripts kept in the db); ``transcript_rewrite_watermarks``.
+* ``<root>/state/openclaw.sqlite``: ``cron_jobs(job_id, name, agent_id, …)``.
+* ``<root>/agents/<id>/sessions/``: legacy ``<sid>.jsonl`` and the archives the
+  host still counts, ``<sid>.jsonl.deleted.<stamp>`` / ``.reset.<stamp>``
+  (optionally ``.zst``), plus import leftovers ``<sid>.jsonl.migrated[.N]``.
+
+A session id found in SQLite wins over any file; among files of one session
+id the one with the most events is kept (the others are copies).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from token_optimizer.audit import zstd
+from token_optimizer.audit.accumulate import SessionAcc
+from token_optimizer.audit.cache import AuditCache
+from token_optimizer.audit.model import RunType, SessionRow
+from token_optimizer.audit.money import Pricer, finish_session
+from token_optimizer.audit.sqlite_ro import connect_ro, store_stamp, table_columns
+
+log = logging.getLogger("token_optimizer")
+
+Progress = Callable[[int, int, str], None]
+
+AGENT_DB = Path("agent") / "openclaw-agent.sqlite"
+STATE_DB = Path("state") / "openclaw.sqlite"
+BATCH_ROWS = 5000
+FULL_SCAN_MIN_SESSIONS = 200
+"""Above this many sessions to (re)read, one rowid-ordered pass beats per-session queries."""
+
+_ARCHIVE_RE = re.compile(
+    r"^(?P<sid>.+?)\.jsonl(?:\.(?:deleted|reset)\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d{3})?Z"
+    r"(?:\.[0-9a-f]{32})?|\.migrated(?:\.\d+)?)?(?P<zst>\.zst)?$")
+
+
+def default_root() -> Path:
+    env = os.environ.get("OPENCLAW_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".openclaw"
+
+
+def agent_dbs(root: Path) -> list[tuple[str, Path]]:
+    """(agent id, db path) of every agent store under ``root``."""
+    out: list[tuple[str, Path]] = []
+    try:
+        entries = sorted(os.scandir(root / "agents"), key=lambda e: e.name)
+    except OSError:
+        return out
+    for e in entries:
+        if e.is_dir():
+            p = Path(e.path) / AGENT_DB
+            if p.is_file():
+                out.append((e.name, p))
+    return out
+
+
+def transcript_files(root: Path) -> list[tuple[str, str, Path]]:
+    """(agent id, session id, path) of every usage-counted transcript file."""
+    out: list[tuple[str, str, Path]] = []
+    try:
+        agents = sorted(os.scandir(root / "agents"), key=lambda e: e.name)
+    except OSError:
+        return out
+    for a in agents:
+        if not a.is_dir():
+            continue
+        try:
+            files = sorted(os.scandir(Path(a.path) / "sessions"), key=lambda e: e.name)
+        except OSError:
+            continue
+        for f in files:
+            name = f.name
+            if ".jsonl" not in name or name.endswith((".trajectory.jsonl", ".tmp")) \
+                    or ".checkpoint." in name or not f.is_file():
+                continue
+            m = _ARCHIVE_RE.match(name)
+            if m:
+                out.append((a.name, m.group("sid"), Path(f.path)))
+    return out
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode_event(event_json: str | bytes | None, event_zstd: bytes | None) -> Any:
+    """The event object of one ``transcript_events`` row (``None`` when it does not decode)."""
+    try:
+        if event_json is not None:
+            return orjson.loads(event_json)
+        if event_zstd is not None:
+            return orjson.loads(zstd.decompress(bytes(event_zstd)))
+    except zstd.ZstdUnavailable:
+        raise
+    except Exception:  # bad JSON or a corrupt zstd frame: skip the row
+        return None
+    return None
+
+
+def iter_jsonl(data: bytes) -> Iterator[Any]:
+    for line in data.split(b"\n"):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+
+
+# ---------------------------------------------------------------- facts
+
+
+@dataclass
+class Facts:
+    """What the store says about sessions apart from their events."""
+
+    windows: dict[str, list[Any]] = field(default_factory=dict)
+    """session_id → [session_key, created_at, started_at, ended_at, status, model, channel, reason]."""
+    nodes: dict[str, list[Any]] = field(default_factory=dict)
+    """session_key → [created_via, project_id, label]."""
+    compacted_into: dict[str, int] = field(default_factory=dict)
+    rewound_into: dict[str, int] = field(default_factory=dict)
+    heartbeat_keys: dict[str, int] = field(default_factory=dict)
+    generations: dict[str, str] = field(default_factory=dict)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"w": self.windows, "n": self.nodes, "c": self.compacted_into,
+                "r": self.rewound_into, "h": self.heartbeat_keys, "g": self.generations}
+
+    @classmethod
+    def from_state(cls, st: dict[str, Any]) -> Facts:
+        return cls(st.get("w", {}), st.get("n", {}), st.get("c", {}), st.get("r", {}),
+                   st.get("h", {}), st.get("g", {}))
+
+
+def _read_facts(con: sqlite3.Connection) -> Facts:
+    f = Facts()
+    wcols = table_columns(con, "session_windows")
+    if {"session_id", "session_key"} <= wcols:
+        want = ["session_id", "session_key", "created_at", "started_at", "ended_at", "status",
+                "model", "channel", "reason", "previous_session_id"]
+        sel = ", ".join(c if c in wcols else "NULL" for c in want)
+        for r in con.execute(f"SELECT {sel} FROM session_windows"):
+            f.windows[str(r[0])] = list(r[1:9])
+            prev, reason = r[9], r[8]
+            if prev and reason == "compaction":
+                f.compacted_into[prev] = f.compacted_into.get(prev, 0) + 1
+            elif prev and reason == "rewind":
+                f.rewound_into[prev] = f.rewound_into.get(prev, 0) + 1
+    ncols = table_columns(con, "session_nodes")
+    if "session_key" in ncols:
+        want = ["session_key", "created_via", "project_id", "label"]
+        sel = ", ".join(c if c in ncols else "NULL" for c in want)
+        for r in con.execute(f"SELECT {sel} FROM session_nodes"):
+            f.nodes[str(r[0])] = list(r[1:])
+    hcols = table_columns(con, "heartbeat_outcomes")
+    if "run_session_key" in hcols:
+        for r in con.execute("SELECT run_session_key, count(*) FROM heartbeat_outcomes GROUP BY 1"):
+            f.heartbeat_keys[str(r[0])] = int(r[1])
+    if "generation" in table_columns(con, "transcript_rewrite_watermarks"):
+        for r in con.execute("SELECT session_id, generation FROM transcript_rewrite_watermarks"):
+            f.generations[str(r[0])] = str(r[1])
+    return f
+
+
+def read_cron_jobs(root: Path) -> dict[str, str]:
+    """job_id → job name from ``state/openclaw.sqlite`` (empty when absent)."""
+    p = root / STATE_DB
+    if not p.is_file():
+        return {}
+    try:
+        con = connect_ro(p)
+    except sqlite3.Error:
+        return {}
+    try:
+        if "job_id" not in table_columns(con, "cron_jobs"):
+            return {}
+        return {str(r[0]): str(r[1]) for r in con.execute("SELECT job_id, name FROM cron_jobs")}
+    except sqlite3.Error as exc:
+        log.debug("cron_jobs unreadable in %s: %s", p, exc)
+        return {}
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------- one agent store
+
+
+class AgentStoreReader:
+    """Incremental reader of one ``openclaw-agent.sqlite``."""
+
+    def __init__(self, agent: str, path: Path, cache: AuditCache, pricer: Pricer,
+                 progress: Progress | None = None) -> None:
+        self.agent = agent
+        self.path = path
+        self.cache = cache
+        self.pricer = pricer
+        self.progress = progress
+        self.key = f"openclaw:db:{path}"
+        self.events_read = 0
+        self.sessions: dict[str, SessionAcc] = {}
+        self.facts = Facts()
+        self.archives: dict[str, Any] = {}
+        """archive key → [session_id, acc state] for cold and db archives."""
+
+    def read(self) -> None:
+        stamp = store_stamp(self.path)
+        cached = self.cache.get(self.key)
+        if cached and stamp is not None and cached.get("stamp") == list(stamp):
+            self._load(cached)
+            return
+        if cached:
+            self._load(cached)
+        try:
+            con = connect_ro(self.path)
+        except sqlite3.Error as exc:
+            log.warning("cannot open %s read-only: %s", self.path, exc)
+            return
+        try:
+            self.facts = _read_facts(con)
+            self._read_events(con, cached.get("facts", {}).get("g", {}) if cached else {})
+            self._read_archives(con)
+        except sqlite3.Error as exc:
+            log.warning("reading %s failed: %s", self.path, exc)
+        finally:
+            con.close()
+        self.cache.put(self.key, {
+            "stamp": list(stamp) if stamp else None,
+            "facts": self.facts.to_state(),
+            "sessions": {sid: a.to_state() for sid, a in self.sessions.items()},
+            "archives": self.archives,
+        })
+
+    def _load(self, cached: dict[str, Any]) -> None:
+        self.facts = Facts.from_state(cached.get("facts", {}))
+        self.sessions = {sid: SessionAcc.from_state(st)
+                         for sid, st in cached.get("sessions", {}).items()}
+        self.archives = dict(cached.get("archives", {}))
+
+    def _read_events(self, con: sqlite3.Connection, old_generations: dict[str, str]) -> None:
+        if "session_id" not in table_columns(con, "transcript_events"):
+            self.sessions = {}
+            return
+        heads = {str(r[0]): (int(r[1]), int(r[2])) for r in con.execute(
+            "SELECT session_id, max(seq), count(*) FROM transcript_events GROUP BY session_id")}
+        keep: dict[str, SessionAcc] = {}
+        todo: dict[str, int] = {}  # session → read rows with seq above this
+        for sid, (max_seq, count) in heads.items():
+            acc = self.sessions.get(sid)
+            same_gen = self.facts.generations.get(sid) == old_generations.get(sid)
+            if acc is not None and same_gen and acc.last_seq == max_seq and acc.count == count:
+                keep[sid] = acc
+            elif acc is not None and same_gen and max_seq > acc.last_seq and count > acc.count:
+                keep[sid] = acc
+                todo[sid] = acc.last_seq
+            else:
+                keep[sid] = SessionAcc()
+                todo[sid] = -(2**62)
+        self.sessions = keep
+        if not todo:
+            return
+        expected = {sid: heads[sid][1] for sid in todo}
+        total = sum(heads[sid][1] - keep[sid].count for sid in todo)
+        if len(todo) >= FULL_SCAN_MIN_SESSIONS:
+            self._full_pass(con, todo, total)
+        else:
+            done = 0
+            for sid, after in todo.items():
+                done += self._session_pass(con, sid, after)
+                if self.progress:
+                    self.progress(done, total, f"{self.agent}: events")
+        # a session whose rows do not add up was rewritten under us: read it again whole
+        for sid, want in expected.items():
+            if self.sessions[sid].count != want:
+                self.sessions[sid] = SessionAcc()
+                self._session_pass(con, sid, -(2**62))
+
+    def _apply(self, acc: SessionAcc, seq: int, ej: Any, ez: Any, created: Any) -> None:
+        ev = decode_event(ej, ez)
+        acc.feed(ev, self.pricer, float(created) if isinstance(created, (int, float)) else None)
+        if not isinstance(ev, dict):
+            acc.count += 1  # undecodable rows still count towards the watermark
+        if seq > acc.last_seq:
+            acc.last_seq = seq
+        self.events_read += 1
+
+    def _full_pass(self, con: sqlite3.Connection, todo: dict[str, int], total: int) -> None:
+        last_rowid = -1
+        done = 0
+        sessions = self.sessions
+        apply = self._apply
+        while True:
+            rows = con.execute(
+                "SELECT rowid, session_id, seq, event_json, event_zstd, created_at "
+                "FROM transcript_events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (last_rowid, BATCH_ROWS)).fetchall()
+            if not rows:
+                break
+            for _rowid, sid, seq, ej, ez, created in rows:
+                after = todo.get(sid)
+                if after is not None and seq > after:
+                    apply(sessions[sid], seq, ej, ez, created)
+            last_rowid = rows[-1][0]
+            done += len(rows)
+            if self.progress:
+                self.progress(min(done, total), total, f"{self.agent}: events")
+
+    def _session_pass(self, con: sqlite3.Connection, sid: str, after: int) -> int:
+        acc = self.sessions[sid]
+        n = 0
+        cur = con.execute("SELECT seq, event_json, event_zstd, created_at FROM transcript_events "
+                          "WHERE session_id = ? AND seq > ? ORDER BY seq", (sid, after))
+        while True:
+            rows = cur.fetchmany(BATCH_ROWS)
+            if not rows:
+                break
+            for seq, ej, ez, created in rows:
+                self._apply(acc, seq, ej, ez, created)
+            n += len(rows)
+        return n
+
+    def _read_archives(self, con: sqlite3.Connection) -> None:
+        found: dict[str, Any] = {}
+        ccols = table_columns(con, "session_transcript_cold_archives")
+        if {"session_id", "archive_sha256", "storage"} <= ccols:
+            for sid, sha, storage, name in con.execute(
+                    "SELECT session_id, archive_sha256, storage, archive_name "
+                    "FROM session_transcript_cold_archives").fetchall():
+                key = f"cold:{sha}"
+                if key in self.archives:
+                    found[key] = self.archives[key]
+                    continue
+                data = self._cold_bytes(con, sid, storage, name)
+                if data is None:
+                    continue
+                acc = SessionAcc()
+                for rec in iter_jsonl(data):
+                    if isinstance(rec, dict) and rec.get("kind") == "event":
+                        row = rec.get("row") or {}
+                        self._apply(acc, int(row.get("seq") or 0), row.get("event_json"), None,
+                                    row.get("created_at"))
+                found[key] = [str(sid), acc.to_state(), "cold"]
+        acols = table_columns(con, "session_transcript_archives")
+        if {"session_id", "archive_blob", "encoding"} <= acols:
+            for sid, gen, name in con.execute(
+                    "SELECT session_id, generation, archive_name FROM session_transcript_archives"
+            ).fetchall():
+                key = f"dbarchive:{name}"
+                if key in self.archives:
+                    found[key] = self.archives[key]
+                    continue
+                r = con.execute("SELECT encoding, archive_blob FROM session_transcript_archives "
+                                "WHERE session_id = ? AND generation = ?", (sid, gen)).fetchone()
+                if r is None:
+                    continue
+                try:
+                    data = zstd.decompress(bytes(r[1])) if r[0] == "zstd" else bytes(r[1])
+                except Exception as exc:  # corrupt frame or no zstd
+                    log.debug("archive %s unreadable: %s", name, exc)
+                    continue
+                acc = SessionAcc()
+                for ev in iter_jsonl(data):
+                    acc.feed(ev, self.pricer)
+                found[key] = [str(sid), acc.to_state(), "archive"]
+        self.archives = found
+
+    def _cold_bytes(self, con: sqlite3.Connection, sid: str, storage: str, name: str) -> bytes | None:
+        try:
+            if storage == "sqlite":
+                r = con.execute("SELECT archive_blob FROM session_transcript_cold_archives "
+                                "WHERE session_id = ?", (sid,)).fetchone()
+                blob = bytes(r[0]) if r and r[0] is not None else None
+            else:
+                blob = (self.path.parent.parent / "sessions" / "cold" / name).read_bytes()
+            return zstd.decompress(blob) if blob is not None else None
+        except Exception as exc:  # missing file, corrupt frame, no zstd
+            log.debug("cold archive %s unreadable: %s", name, exc)
+            return None
+
+
+# ---------------------------------------------------------------- legacy files
+
+
+def read_transcript_file(path: Path, cache: AuditCache, pricer: Pricer) -> SessionAcc | None:
+    """One JSONL transcript (plain or ``.zst``), cached by (size, mtime)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = f"openclaw:file:{path}"
+    stamp = [st.st_size, st.st_mtime_ns]
+    cached = cache.get(key)
+    if cached and cached.get("stamp") == stamp:
+        return SessionAcc.from_state(cached["acc"])
+    try:
+        data = path.read_bytes()
+        if path.name.endswith(".zst"):
+            data = zstd.decompress(data)
+    except Exception as exc:  # unreadable, corrupt frame, no zstd
+        log.debug("transcript %s unreadable: %s", path, exc)
+        return None
+    acc = SessionAcc()
+    for rec in iter_jsonl(data):
+        acc.feed(rec, pricer)
+    cache.put(key, {"stamp": stamp, "acc": acc.to_state()})
+    return acc
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _run_type(key: str | None, node: list[Any] | None, heartbeat: bool) -> tuple[RunType, str | None]:
+    job: str | None = None
+    if key:
+        parts = key.split(":")
+        if len(parts) >= 4 and parts[0] == "agent" and parts[2] == "cron":
+            job = parts[3]
+    if node and node[0] == "cron":
+        return "cron", job
+    if job is not None:
+        return "cron", job
+    if heartbeat:
+        return "heartbeat", None
+    return "manual", None
+
+
+def build_row(sid: str, agent: str, acc: SessionAcc, source: str, pricer: Pricer,
+              facts: Facts | None = None, cron_jobs: dict[str, str] | None = None) -> SessionRow:
+    f = facts or Facts()
+    w = f.windows.get(sid)
+    key = str(w[0]) if w and w[0] else None
+    node = f.nodes.get(key) if key else None
+    started = acc.first_ms
+    ended = acc.last_ms
+    if w:
+        started = started if started is not None else (w[2] or w[1])
+        ended = ended if ended is not None else (w[3] or started)
+    run_type, job = _run_type(key, node, bool(key and key in f.heartbeat_keys))
+    row = SessionRow(
+        host="openclaw", session_id=sid, agent=agent,
+        project=str(node[1]) if node and node[1] else agent,
+        started_ms=float(started) if started is not None else None,
+        ended_ms=float(ended) if ended is not None else None,
+        source=source, session_key=key,
+        run_type=run_type,
+        cron_job=(cron_jobs or {}).get(job, job) if job else None,
+        message_count=acc.user + acc.assistant,
+        user_messages=acc.user, assistant_messages=acc.assistant,
+        api_calls=sum(int(m[0]) for m in acc.models.values()),
+        tool_calls=acc.tool_calls, tool_errors=acc.tool_errors,
+        tools=sorted(acc.tools), stop_reasons=dict(acc.stop), error_turns=acc.error_turns,
+        compactions=acc.compactions + f.compacted_into.get(sid, 0),
+        rewinds=f.rewound_into.get(sid, 0),
+        status=str(w[4]) if w and w[4] else None,
+        platform=str(w[6]) if w and w[6] else None,
+        topic=acc.topic,
+        heartbeat_outcomes=f.heartbeat_keys.get(key, 0) if key else 0,
+    )
+    finish_session(row, acc.splits(pricer))
+    if row.model == "unknown" and w and w[5]:
+        row.model = str(w[5])
+    return row
+
+
+@dataclass
+class OpenClawScan:
+    rows: list[SessionRow]
+    events_read: int
+    duplicates: int
+
+
+def scan_openclaw(root: Path, cache: AuditCache, pricer: Pricer, *,
+                  agents: set[str] | None = None, progress: Progress | None = None) -> OpenClawScan:
+    """Every OpenClaw session under ``root``, one row each, de-duplicated by session id."""
+    rows: dict[str, SessionRow] = {}
+    events = 0
+    cron_jobs = read_cron_jobs(root)
+    archive_candidates: dict[str, list[tuple[int, str, str, SessionAcc]]] = {}
+    for agent, db in agent_dbs(root):
+        if agents and agent not in agents:
+            continue
+        r = AgentStoreReader(agent, db, cache, pricer, progress)
+        r.read()
+        events += r.events_read
+        for sid, acc in r.sessions.items():
+            rows[sid] = build_row(sid, agent, acc, f"{db}#transcript_events", pricer, r.facts,
+                                  cron_jobs)
+        for key, (sid, st, kind) in r.archives.items():
+            acc = SessionAcc.from_state(st)
+            archive_candidates.setdefault(sid, []).append(
+                (acc.count, agent, f"{db}#{kind}:{key.split(':', 1)[1]}", acc))
+        facts_by_agent = r.facts
+        for sid, cands in archive_candidates.items():
+            if sid in rows:
+                continue
+            _, ag, src, acc = max(cands, key=lambda c: c[0])
+            rows[sid] = build_row(sid, ag, acc, src, pricer, facts_by_agent, cron_jobs)
+        archive_candidates.clear()
+    duplicates = 0
+    files: dict[str, list[tuple[int, str, str, SessionAcc]]] = {}
+    for agent, sid, path in transcript_files(root):
+        if agents and agent not in agents:
+            continue
+        if sid in rows:
+            duplicates += 1
+            continue
+        facc = read_transcript_file(path, cache, pricer)
+        if facc is None or facc.user + facc.assistant == 0:
+            continue
+        files.setdefault(sid, []).append((facc.count, agent, str(path), facc))
+    for sid, cands in files.items():
+        duplicates += len(cands) - 1
+        _, agent, src, acc = max(cands, key=lambda c: c[0])
+        rows[sid] = build_row(sid, agent, acc, src, pricer, None, cron_jobs)
+    return OpenClawScan(list(rows.values()), events, duplicates)

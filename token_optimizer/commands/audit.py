@@ -1,0 +1,353 @@
+"""``detect``, ``scan`` and ``report``: the audit commands over the hosts' real stores.
+
+Common flags: ``--json``, ``--since/--until`` (``YYYY-MM-DD``, ``YYYYMMDD`` or
+ISO) or ``--days N``, ``--agent`` (OpenClaw agent, repeatable), ``--profile``
+(Hermes profile, repeatable), ``--timezone`` (IANA name; day/week/month
+boundaries and date bounds), ``--openclaw-root``/``--hermes-home`` (default
+``$OPENCLAW_STATE_DIR`` or ``~/.openclaw``, ``$HERMES_HOME`` or ``~/.hermes``)
+and ``--no-cache``.
+
+Money is never a silent $0: unpriced tokens and models are printed under every
+table and carried in the JSON (``unpricedTokens``, ``unpricedModels``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from token_optimizer.audit.model import SessionRow, Tokens
+from token_optimizer.audit.scan import Roots, ScanResult, detect, scan
+from token_optimizer.audit.timeutil import local_day, parse_bound, resolve_tz
+from token_optimizer.commands.render import ProgressReporter, fmt_tokens, fmt_usd, print_table
+from token_optimizer.fsutil import default_home, resolve_paths
+
+REPORT_KINDS = ("daily", "weekly", "monthly", "session", "model", "agent", "project")
+SCAN_DEFAULT_DAYS = 30
+
+
+# ---------------------------------------------------------------- shared
+
+
+def _print_json(obj: Any, *, compact: bool = False) -> None:
+    opt = 0 if compact else orjson.OPT_INDENT_2
+    sys.stdout.write(orjson.dumps(obj, option=opt | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+
+
+def _redact(obj: Any, home: str) -> Any:
+    """Strings starting with the home directory get ``~`` instead (the reference's redaction)."""
+    if not home:
+        return obj
+    if isinstance(obj, str):
+        return "~" + obj[len(home):] if obj.startswith(home) else obj
+    if isinstance(obj, list):
+        return [_redact(v, home) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _redact(v, home) for k, v in obj.items()}
+    return obj
+
+
+def _roots(args: argparse.Namespace) -> Roots:
+    d = Roots.default()
+    oc = Path(args.openclaw_root).expanduser() if args.openclaw_root else d.openclaw
+    hm = Path(args.hermes_home).expanduser() if args.hermes_home else d.hermes
+    return Roots(oc, hm)
+
+
+def _window(args: argparse.Namespace, default_days: int | None) -> tuple[float | None, float | None, dt.tzinfo]:
+    tz = resolve_tz(args.timezone)
+    since = parse_bound(args.since, tz, end=False) if args.since else None
+    until = parse_bound(args.until, tz, end=True) if args.until else None
+    days = args.days if args.days is not None else (None if (since or until) else default_days)
+    if days is not None and since is None:
+        since = time.time() * 1000 - max(1, min(days, 3650)) * 86_400_000
+    return since, until, tz
+
+
+def _run_scan(args: argparse.Namespace, default_days: int | None) -> tuple[ScanResult, list[SessionRow], dt.tzinfo, dict[str, Any]]:
+    since, until, tz = _window(args, default_days)
+    state_root = resolve_paths(getattr(args, "home", None)).root
+    with ProgressReporter() as progress:
+        res = scan(_roots(args), state_root, agents=set(args.agent) if args.agent else None,
+                   profiles=set(args.profile) if args.profile else None, progress=progress,
+                   use_cache=not args.no_cache)
+    rows = [r for r in res.rows
+            if (since is None or (r.started_ms is not None and r.started_ms >= since))
+            and (until is None or (r.started_ms is not None and r.started_ms <= until))]
+    if args.agent and not args.profile:
+        rows = [r for r in rows if r.host == "openclaw" or r.agent in args.agent]
+    window = {"since": since, "until": until}
+    return res, rows, tz, window
+
+
+def _unpriced_summary(rows: list[SessionRow]) -> tuple[int, list[str]]:
+    return (sum(r.unpriced_tokens for r in rows),
+            sorted({m for r in rows for m in r.unpriced_models}))
+
+
+def _print_unpriced(rows: list[SessionRow]) -> None:
+    n, models = _unpriced_summary(rows)
+    if n:
+        print(f"Unpriced: {fmt_tokens(n)} tokens on {len(models)} model(s) with no price "
+              f"({', '.join(models)}); the costs above leave them out.")
+
+
+def _common(p: argparse.ArgumentParser, *, days_help: str) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--days", type=int, default=None, metavar="N", help=days_help)
+    p.add_argument("--since", metavar="DATE", help="from this date (YYYY-MM-DD, YYYYMMDD or ISO)")
+    p.add_argument("--until", metavar="DATE", help="up to and including this date")
+    p.add_argument("--agent", action="append", metavar="ID", help="only this OpenClaw agent (repeatable)")
+    p.add_argument("--profile", action="append", metavar="NAME",
+                   help="only this Hermes profile ('default' is $HERMES_HOME itself; repeatable)")
+    p.add_argument("--timezone", metavar="TZ", help="IANA time zone for dates (default: local)")
+    p.add_argument("--openclaw-root", metavar="DIR",
+                   help="OpenClaw state dir (default: $OPENCLAW_STATE_DIR or ~/.openclaw)")
+    p.add_argument("--hermes-home", metavar="DIR", help="Hermes home (default: $HERMES_HOME or ~/.hermes)")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the incremental cache")
+
+
+# ---------------------------------------------------------------- detect
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    info = detect(_roots(args))
+    oc = next((h for h in info["hosts"] if h["host"] == "openclaw"), None)
+    if args.json:
+        # ``found``/``path`` keep the reference's keys; ``hosts`` lists every store.
+        _print_json({"found": info["found"],
+                     "path": oc["root"] if oc and oc["found"] else None,
+                     "hosts": info["hosts"]}, compact=True)
+        return 0
+    for h in info["hosts"]:
+        name = "OpenClaw" if h["host"] == "openclaw" else "Hermes"
+        if not h["found"]:
+            print(f"{name}: not found at {h['root']}")
+            continue
+        total = sum(int(s.get("bytes", 0)) for s in h["stores"])
+        print(f"{name}: found at {h['root']} ({_fmt_bytes(total)})")
+        for s in h["stores"]:
+            who = s.get("agent") or s.get("profile") or ""
+            extra = f", {s['files']} files" if "files" in s else ""
+            print(f"  {s['kind']:<17} {who:<12} {_fmt_bytes(int(s['bytes'])):>9}{extra}  {s['path']}")
+    return 0 if info["found"] else 1
+
+
+def _fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------- scan
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    info = detect(_roots(args))
+    if not info["found"]:
+        print("No OpenClaw or Hermes store found (see `token-optimizer detect`).", file=sys.stderr)
+        return 1
+    _res, rows, _tz, _w = _run_scan(args, SCAN_DEFAULT_DAYS)
+    if args.json:
+        _print_json(_redact([r.to_json() for r in rows], str(default_home())))
+        return 0
+    span = f"the last {args.days or SCAN_DEFAULT_DAYS} days" if not (args.since or args.until) \
+        else "the selected window"
+    if not rows:
+        print(f"No sessions found in {span}.")
+        return 0
+    print(f"{len(rows)} sessions scanned over {span}.")
+    agents: dict[tuple[str, str], list[SessionRow]] = {}
+    for r in rows:
+        agents.setdefault((r.host, r.agent), []).append(r)
+    table = [[f"{h}:{a}", str(len(rs)), fmt_usd(sum(r.cost_usd for r in rs)),
+              fmt_tokens(sum(r.tokens.total for r in rs))] for (h, a), rs in agents.items()]
+    footer = ["Total", str(len(rows)), fmt_usd(sum(r.cost_usd for r in rows)),
+              fmt_tokens(sum(r.tokens.total for r in rows))]
+    print_table(["Agent", "Sessions", "Cost", "Tokens"], table, right=[False, True, True, True],
+                footer=footer)
+    _print_unpriced(rows)
+    return 0
+
+
+# ---------------------------------------------------------------- report
+
+
+class _Group:
+    __slots__ = ("cost", "first", "last", "models", "sessions", "tokens", "unpriced",
+                 "unpriced_models")
+
+    def __init__(self) -> None:
+        self.sessions: set[str] = set()
+        self.tokens = Tokens()
+        self.cost = 0.0
+        self.unpriced = 0
+        self.unpriced_models: set[str] = set()
+        self.models: dict[str, list[Any]] = {}
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def add(self, sid: str, model: str, tokens: Tokens, cost: float, unpriced: int,
+            started: float | None) -> None:
+        self.sessions.add(sid)
+        self.tokens.add(tokens)
+        self.cost += cost
+        self.unpriced += unpriced
+        if unpriced:
+            self.unpriced_models.add(model)
+        m = self.models.setdefault(model, [Tokens(), 0.0, 0])
+        m[0].add(tokens)
+        m[1] += cost
+        m[2] += unpriced
+        if started is not None:
+            self.first = started if self.first is None else min(self.first, started)
+            self.last = started if self.last is None else max(self.last, started)
+
+    def to_json(self, key: str, breakdown: bool) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "key": key, "sessions": len(self.sessions), "tokens": self.tokens.to_json(),
+            "totalTokens": self.tokens.total, "costUsd": self.cost,
+            "unpricedTokens": self.unpriced, "unpricedModels": sorted(self.unpriced_models),
+            "models": sorted(self.models),
+        }
+        if breakdown:
+            d["breakdown"] = [
+                {"model": m, "tokens": v[0].to_json(), "totalTokens": v[0].total,
+                 "costUsd": v[1], "unpricedTokens": v[2]}
+                for m, v in sorted(self.models.items(), key=lambda kv: -kv[1][1])]
+        return d
+
+
+def _key_fn(kind: str, tz: dt.tzinfo) -> Callable[[SessionRow], str]:
+    def day(r: SessionRow) -> dt.date | None:
+        return local_day(r.started_ms, tz) if r.started_ms is not None else None
+
+    if kind == "daily":
+        return lambda r: (d.isoformat() if (d := day(r)) else "unknown")
+    if kind == "weekly":
+        return lambda r: ((d - dt.timedelta(days=d.weekday())).isoformat() if (d := day(r)) else "unknown")
+    if kind == "monthly":
+        return lambda r: (d.strftime("%Y-%m") if (d := day(r)) else "unknown")
+    if kind == "session":
+        return lambda r: f"{r.host}:{r.session_id}"
+    if kind == "agent":
+        return lambda r: f"{r.host}:{r.agent}"
+    if kind == "project":
+        return lambda r: r.project
+    raise ValueError(kind)
+
+
+def build_report(rows: list[SessionRow], kind: str, tz: dt.tzinfo, *, breakdown: bool) -> dict[str, Any]:
+    groups: dict[str, _Group] = {}
+    for r in rows:
+        splits = r.models or []
+        if kind == "model":
+            for s in splits:
+                groups.setdefault(s.model, _Group()).add(
+                    f"{r.host}:{r.session_id}", s.model, s.tokens, s.cost_usd, s.unpriced_tokens,
+                    r.started_ms)
+            continue
+        g = groups.setdefault(_key_fn(kind, tz)(r), _Group())
+        for s in splits:
+            g.add(f"{r.host}:{r.session_id}", s.model, s.tokens, s.cost_usd, s.unpriced_tokens,
+                  r.started_ms)
+        if not splits:
+            g.add(f"{r.host}:{r.session_id}", r.model, Tokens(), 0.0, 0, r.started_ms)
+    if kind in ("daily", "weekly", "monthly"):
+        items = sorted(groups.items())
+    else:
+        items = sorted(groups.items(), key=lambda kv: (-kv[1].cost, -kv[1].tokens.total, kv[0]))
+    total = _Group()
+    for _k, g in items:
+        for m, v in g.models.items():
+            total.models.setdefault(m, [Tokens(), 0.0, 0])
+            total.models[m][0].add(v[0])
+            total.models[m][1] += v[1]
+            total.models[m][2] += v[2]
+        total.sessions |= g.sessions
+        total.tokens.add(g.tokens)
+        total.cost += g.cost
+        total.unpriced += g.unpriced
+        total.unpriced_models |= g.unpriced_models
+    return {"type": kind, "rows": [g.to_json(k, breakdown) for k, g in items],
+            "totals": total.to_json("total", breakdown)}
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _res, rows, tz, window = _run_scan(args, None)
+    rep = build_report(rows, args.kind, tz, breakdown=args.breakdown)
+    if args.json:
+        rep["timezone"] = str(tz)
+        rep["window"] = window
+        _print_json(_redact(rep, str(default_home())))
+        return 0
+    if not rep["rows"]:
+        print("No sessions found.")
+        return 0
+    headers = [args.kind.capitalize() if args.kind not in ("daily", "weekly", "monthly") else
+               {"daily": "Date", "weekly": "Week of", "monthly": "Month"}[args.kind],
+               "Sessions", "Input", "Output", "Cache read", "Cache write", "Total", "Cost"]
+    table: list[list[str]] = []
+
+    def cells(key: str, d: dict[str, Any], sessions: str) -> list[str]:
+        t = d["tokens"]
+        if d["unpricedTokens"] and not d["costUsd"]:
+            cost = "unpriced"
+        else:
+            cost = fmt_usd(d["costUsd"]) + ("+" if d["unpricedTokens"] else "")
+        return [key, sessions, fmt_tokens(t["input"]), fmt_tokens(t["output"]),
+                fmt_tokens(t["cacheRead"]), fmt_tokens(t["cacheWrite"]),
+                fmt_tokens(d["totalTokens"]), cost]
+
+    for d in rep["rows"]:
+        table.append(cells(d["key"], d, str(d["sessions"])))
+        if args.breakdown:
+            for b in d["breakdown"]:
+                table.append(cells(f"  └ {b['model']}", {**b}, ""))
+    tot = rep["totals"]
+    footer = cells("Total", tot, str(tot["sessions"]))
+    print_table(headers, table, right=[False] + [True] * 7, footer=footer,
+                title=f"Token usage, {args.kind} report ({tz})")
+    _print_unpriced(rows)
+    if any(r.unpriced_tokens for r in rows):
+        print("A '+' after a cost means some of its tokens are unpriced.")
+    return 0
+
+
+# ---------------------------------------------------------------- registration
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``detect``, ``scan`` and ``report`` to the ``token-optimizer`` command line."""
+    p = subparsers.add_parser("detect", help="list the OpenClaw and Hermes stores found, with sizes",
+                              description="Show which hosts and stores exist (nothing is opened).")
+    _common(p, days_help="ignored (accepted for symmetry)")
+    p.set_defaults(func=_cmd_detect)
+
+    s = subparsers.add_parser(
+        "scan", help="one row per session from the hosts' own stores (tokens, cost and its basis)",
+        description="Read every OpenClaw and Hermes session (incrementally, read-only) and list "
+        "one row per session. --json prints an array of session objects.")
+    _common(s, days_help=f"sessions started in the last N days (default {SCAN_DEFAULT_DAYS})")
+    s.set_defaults(func=_cmd_scan)
+
+    r = subparsers.add_parser(
+        "report", help="usage reports: daily, weekly, monthly, session, model, agent or project",
+        description="Token and cost totals grouped like ccusage's reports.")
+    r.add_argument("kind", choices=REPORT_KINDS)
+    r.add_argument("--breakdown", action="store_true", help="per-model rows under each group")
+    _common(r, days_help="sessions started in the last N days (default: all)")
+    r.set_defaults(func=_cmd_report)
+
+
+__all__ = ["build_report", "register_cli"]
