@@ -28,6 +28,8 @@ import token_optimizer
 from token_optimizer import bounded
 from token_optimizer.events import HookOutcome
 from token_optimizer.hosts import hermes as hp
+from token_optimizer.hosts import hermes_support
+from token_optimizer.hosts.core_api import Core
 from token_optimizer.hosts.hermes import (
     ContextWindows,
     HermesPlugin,
@@ -81,7 +83,11 @@ class FakeCtx:
 
 
 class Recorder:
-    """A runtime stand-in that records the typed events it receives."""
+    """A core stand-in that records the typed events it receives.
+
+    It implements the :class:`~token_optimizer.hosts.core_api.Core` Protocol method by
+    method (no ``__getattr__``), so a misspelt core call in the adapter fails here too.
+    """
 
     def __init__(self, results: dict[str, Any] | None = None, raise_all: bool = False) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -89,20 +95,84 @@ class Recorder:
         self.raise_all = raise_all
         self.lock = threading.Lock()
 
-    def _rec(self, name: str, ev: Any) -> HookOutcome:
+    def _rec(self, name: str, ev: Any = None) -> HookOutcome:
         with self.lock:
             self.calls.append((name, ev))
         if self.raise_all:
             raise RuntimeError("boom")
         return HookOutcome(result=self.results.get(name))
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return lambda *a, **k: self._rec(name, a[0] if a else k)
+    def gateway_start(self) -> HookOutcome:
+        return self._rec("gateway_start")
+
+    def gateway_stop(self) -> HookOutcome:
+        return self._rec("gateway_stop")
+
+    def session_start(self, ident: Any) -> HookOutcome:
+        return self._rec("session_start", ident)
+
+    def session_end(self, ev: Any) -> HookOutcome:
+        return self._rec("session_end", ev)
+
+    def turn_prepare(self, ev: Any) -> HookOutcome:
+        return self._rec("turn_prepare", ev)
+
+    def tool_before(self, ev: Any) -> HookOutcome:
+        return self._rec("tool_before", ev)
+
+    def tool_after(self, ev: Any) -> HookOutcome:
+        return self._rec("tool_after", ev)
+
+    def compaction_before(self, ev: Any) -> HookOutcome:
+        return self._rec("compaction_before", ev)
+
+    def compaction_after(self, ev: Any) -> HookOutcome:
+        return self._rec("compaction_after", ev)
+
+    def usage(self, ev: Any) -> HookOutcome:
+        return self._rec("usage", ev)
+
+    def message(self, ev: Any) -> HookOutcome:
+        return self._rec("message", ev)
+
+    def history(self, ident: Any, messages: Any) -> HookOutcome:
+        return self._rec("history", (ident, messages))
+
+    def enqueue_result(self, session_key: str, idempotency_key: str, enqueued: bool) -> None:
+        self._rec("enqueue_result", (session_key, idempotency_key, enqueued))
+
+    def host_queued(self, session_key: str, queued: Any) -> None:
+        self._rec("host_queued", (session_key, queued))
+
+    def inherit_session(self, old_id: str, new_id: str) -> None:
+        self._rec("inherit_session", (old_id, new_id))
+
+    def has_pending_restore(self, session_key: str) -> bool:
+        self._rec("has_pending_restore", session_key)
+        return False
+
+    def release(self, session_id: str, session_key: str | None = None) -> None:
+        self._rec("release", (session_id, session_key))
+
+    def status(self, session_id: str) -> dict[str, Any]:
+        self._rec("status", session_id)
+        return {"sessionId": session_id}
+
+    def tracked_counts(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        self._rec("close")
 
     def named(self, name: str) -> list[Any]:
         return [ev for n, ev in self.calls if n == name]
+
+
+def test_recorder_implements_the_core_protocol() -> None:
+    core_methods = {n for n in dir(Core) if not n.startswith("_")}
+    assert core_methods <= {n for n in dir(Recorder) if not n.startswith("_")}
+    assert isinstance(Recorder(), Core)
+    assert not hasattr(Recorder(), "misspelt_entry")
 
 
 def turn_kwargs(sid: str, text: str, history: list[dict[str, Any]] | None = None,
@@ -320,10 +390,10 @@ def test_context_window_config_is_reread_after_ttl() -> None:
     assert w.for_model("m") == 1000
     cfg["model"]["context_length"] = 2000
     assert w.for_model("m") == 1000
-    now[0] += hp.CONFIG_TTL_S + 1
+    now[0] += hermes_support.CONFIG_TTL_S + 1
     assert w.for_model("m") == 2000
     cfg["model"]["context_length"] = "bad"
-    now[0] += hp.CONFIG_TTL_S + 1
+    now[0] += hermes_support.CONFIG_TTL_S + 1
     assert w.for_model("m") == 128_000 or w.for_model("m") > 0
 
 

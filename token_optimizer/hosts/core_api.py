@@ -9,7 +9,7 @@ misspelt call is a type error and a test double must implement the whole surface
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from token_optimizer.events import (
     CompactionAfter,
@@ -27,6 +27,7 @@ from token_optimizer.events import (
 from token_optimizer.models import Message
 
 
+@runtime_checkable
 class Core(Protocol):
     """The host-neutral core's entries. None of them raises."""
 

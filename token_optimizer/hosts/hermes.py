@@ -45,21 +45,18 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import importlib
 import logging
 import os
-import queue
-import sqlite3
 import threading
-import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -81,8 +78,9 @@ from token_optimizer.events import (
 )
 from token_optimizer.hooks import HERMES_HOOKS
 from token_optimizer.hosts import hermes_home
+from token_optimizer.hosts.core_api import Core
+from token_optimizer.hosts.hermes_support import BackgroundWorker, ContextWindows, StateDb
 from token_optimizer.models import Message
-from token_optimizer.quality import context_window_for_model
 from token_optimizer.tools import describe_call
 
 log = logging.getLogger("token_optimizer.hosts.hermes")
@@ -92,11 +90,6 @@ COMMAND_NAME = "token-optimizer"
 AGENT_ID = "hermes"
 """Agent id handed to the core for every Hermes session (read cache, index)."""
 
-CONFIG_TTL_S = 5.0
-"""How long a ``model.context_length`` read from Hermes' config is reused."""
-
-STATE_DB_TIMEOUT_S = 0.25
-"""Busy timeout of the (rare) read-only ``state.db`` lookups."""
 
 COMMAND_TIMEOUT_S = 10.0
 SHUTDOWN_DRAIN_S = 3.0
@@ -114,14 +107,30 @@ def _p(msg: str) -> str:
     return "[token-optimizer] " + msg
 
 
+_R = TypeVar("_R")
+
+
+def never_raises(fn: Callable[..., _R]) -> Callable[..., _R | None]:
+    """A Hermes hook: an error is logged with the hook's name and ``None`` returned,
+    so nothing ever raises into Hermes' agent loop."""
+    @functools.wraps(fn)
+    def hook(*args: Any, **kwargs: Any) -> _R | None:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            log.warning(_p(f"{fn.__name__} failed"), exc_info=True)
+            return None
+    return hook
+
+
 # ---------------------------------------------------------------- small helpers
 
 
-def _str(v: object) -> str | None:
+def _nonempty_str(v: object) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
-def _content_text(content: object) -> str:
+def _openai_content_text(content: object) -> str:
     """Text of an OpenAI-style message content (string or list of parts)."""
     if isinstance(content, str):
         return content
@@ -178,7 +187,7 @@ def messages_from_history(history: object) -> list[Message]:
         role = m.get("role")
         if not isinstance(role, str) or role == "system":
             continue
-        text = _content_text(m.get("content"))
+        text = _openai_content_text(m.get("content"))
         if not text:
             calls = m.get("tool_calls")
             if isinstance(calls, Sequence) and calls and not isinstance(calls, str):
@@ -210,7 +219,7 @@ def summary_digest(history: object) -> int:
     for m in history:
         if not isinstance(m, Mapping):
             continue
-        text = _content_text(m.get("content"))
+        text = _openai_content_text(m.get("content"))
         if m.get("_compressed_summary") or any(p in text for p in _SUMMARY_MARKERS):
             return zlib.crc32(text.encode("utf-8", "replace")) or 1
     return 0
@@ -267,201 +276,6 @@ def _hermes_offline_table() -> Mapping[str, int]:
     return {}
 
 
-class ContextWindows:
-    """Context window for a model, without ever touching the network.
-
-    Order: Hermes ``model.context_length`` (re-read at most every
-    :data:`CONFIG_TTL_S`), Hermes' offline ``DEFAULT_CONTEXT_LENGTHS`` (longest
-    key contained in the lowercased model id, as Hermes matches it), then
-    :func:`token_optimizer.quality.context_window_for_model`.
-    """
-
-    def __init__(
-        self,
-        config: Callable[[], Mapping[str, Any]] = _default_hermes_config,
-        table: Callable[[], Mapping[str, int]] = _hermes_offline_table,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._config = config
-        self._table_fn = table
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._cfg_value: int | None = None
-        self._cfg_at = -1e18
-        self._sorted: list[tuple[str, int]] | None = None
-        self._memo: BoundedMap[str, int] = BoundedMap("hermes_window_memo", cap=256,
-                                                      register=False)
-
-    def configured(self) -> int | None:
-        now = self._clock()
-        with self._lock:
-            if now - self._cfg_at < CONFIG_TTL_S:
-                return self._cfg_value
-        value: int | None = None
-        try:
-            model = self._config().get("model")
-            raw = model.get("context_length") if isinstance(model, Mapping) else None
-            if isinstance(raw, str):
-                raw = int(raw.strip())
-            if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0:
-                value = int(raw)
-        except Exception:
-            value = None
-        with self._lock:
-            self._cfg_value, self._cfg_at = value, now
-        return value
-
-    def _table(self) -> list[tuple[str, int]]:
-        if self._sorted is None:
-            items: list[tuple[str, int]] = []
-            try:
-                for k, v in self._table_fn().items():
-                    if isinstance(k, str) and isinstance(v, int) and v > 0:
-                        items.append((k.lower(), v))
-            except Exception:
-                items = []
-            items.sort(key=lambda kv: len(kv[0]), reverse=True)
-            self._sorted = items
-        return self._sorted
-
-    def for_model(self, model: str | None) -> int:
-        cfg = self.configured()
-        if cfg:
-            return cfg
-        name = (model or "").lower()
-        cached = self._memo.get(name)
-        if cached is not None:
-            return cached
-        window = 0
-        if name:
-            for key, length in self._table():
-                if key in name:
-                    window = length
-                    break
-        if not window:
-            window = context_window_for_model(model)
-        self._memo.set(name, window)
-        return window
-
-
-class StateDb:
-    """Read-only lookups in Hermes' ``state.db``.
-
-    Opened as ``file:<path>?mode=ro`` for each lookup, never with
-    ``immutable=1`` (an immutable reader ignores the WAL and misses every
-    write Hermes has not checkpointed yet). ``PRAGMA query_only`` is set and
-    the connection is closed straight away. Used once per newly seen session
-    id, on agent threads only.
-    """
-
-    def __init__(self, path: Callable[[], Path | None] | Path | None = _default_state_db_path) -> None:
-        self._path = path
-
-    def path(self) -> Path | None:
-        p = self._path() if callable(self._path) else self._path
-        return Path(p) if p else None
-
-    def lineage(self, session_id: str) -> tuple[str | None, str | None] | None:
-        """``(parent_session_id, parent's end_reason)`` or None when unknown."""
-        p = self.path()
-        if p is None or not p.is_file():
-            return None
-        con: sqlite3.Connection | None = None
-        try:
-            uri = "file:" + _uri_path(p) + "?mode=ro"
-            con = sqlite3.connect(uri, uri=True, timeout=STATE_DB_TIMEOUT_S,
-                                  check_same_thread=False)
-            con.execute("PRAGMA query_only = ON")
-            row = con.execute("SELECT parent_session_id FROM sessions WHERE id = ?",
-                              (session_id,)).fetchone()
-            if row is None:
-                return None
-            parent = row[0] if isinstance(row[0], str) and row[0] else None
-            if parent is None:
-                return (None, None)
-            prow = con.execute("SELECT end_reason FROM sessions WHERE id = ?",
-                               (parent,)).fetchone()
-            reason = prow[0] if prow is not None and isinstance(prow[0], str) else None
-            return (parent, reason)
-        except Exception:
-            log.debug(_p("state.db lookup failed"), exc_info=True)
-            return None
-        finally:
-            if con is not None:
-                with contextlib.suppress(Exception):
-                    con.close()
-
-
-def _uri_path(p: Path) -> str:
-    from urllib.parse import quote
-
-    return quote(str(p.absolute()), safe="/:")
-
-
-# ---------------------------------------------------------------- background worker
-
-
-class BackgroundWorker:
-    """One daemon thread draining a FIFO of callables (started lazily)."""
-
-    def __init__(self, name: str = "token-optimizer-hermes") -> None:
-        self._name = name
-        self._q: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
-            queue.Queue())
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
-            self._q.put((fn, fut))
-        return fut
-
-    def _loop(self) -> None:
-        while True:
-            item = self._q.get()
-            try:
-                if item is None:
-                    return
-                fn, fut = item
-                if fut.set_running_or_notify_cancel():
-                    try:
-                        fut.set_result(fn())
-                    except BaseException as exc:  # a task must never kill the worker
-                        log.debug(_p("background task failed"), exc_info=True)
-                        fut.set_exception(exc)
-            finally:
-                self._q.task_done()
-
-    def drain(self, timeout: float = 5.0) -> bool:
-        """Wait until every task submitted so far has run; False on timeout."""
-        marker = self.submit(lambda: None)
-        try:
-            marker.result(timeout=timeout)
-            return True
-        except Exception:
-            return False
-
-    def is_worker_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
-    @property
-    def thread(self) -> threading.Thread | None:
-        return self._thread
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Finish the queued tasks, then end the thread (a later submit restarts it)."""
-        with self._lock:
-            t = self._thread
-            if t is None or not t.is_alive():
-                return
-            self._q.put(None)
-        t.join(timeout)
-
-
 def _on_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -495,7 +309,7 @@ class HermesPlugin:
 
     def __init__(
         self,
-        runtime: Any = None,
+        runtime: Core | None = None,
         *,
         session_key: Callable[[], str] = _default_session_key,
         hermes_config: Callable[[], Mapping[str, Any]] = _default_hermes_config,
@@ -506,10 +320,11 @@ class HermesPlugin:
     ) -> None:
         self._hermes_config = hermes_config
         self._session_key = session_key
-        self.windows = windows or ContextWindows(config=hermes_config)
-        self.state_db = state_db or StateDb()
+        self.windows = windows or ContextWindows(config=hermes_config,
+                                                 table=_hermes_offline_table)
+        self.state_db = state_db or StateDb(_default_state_db_path)
         self.worker = worker or BackgroundWorker()
-        self._runtime = runtime
+        self._runtime: Core | None = runtime
         self._runtime_lock = threading.Lock()
         self._active_work = active_work
         self._lock = threading.RLock()
@@ -533,7 +348,7 @@ class HermesPlugin:
     # ------------------------------------------------------------ runtime
 
     @property
-    def runtime(self) -> Any:
+    def runtime(self) -> Core:
         rt = self._runtime
         if rt is not None:
             return rt
@@ -547,8 +362,9 @@ class HermesPlugin:
                     hermes_home.adopt_legacy_state(
                         fsutil.openclaw_state_dir() / hermes_home.STATE_DIR_NAME, root,
                         hermes_home.hermes_session_ids(self.state_db.path()))
-                self._runtime = TokenOptimizer(root, config=self._config(),
-                                               active_work=self._active_work)
+                core: Core = TokenOptimizer(root, config=self._config(),
+                                            active_work=self._active_work)
+                self._runtime = core
             return self._runtime
 
     def _config(self) -> Config:
@@ -681,22 +497,13 @@ class HermesPlugin:
 
     def _inherit(self, old_id: str, new_id: str) -> None:
         """A compaction child continues its parent: first-turn hints must not repeat."""
-        rt = self.runtime
-        fn = getattr(rt, "inherit_session", None)
-        if callable(fn):
-            fn(old_id, new_id)
-            return
-        for name in ("continuity_injected", "nudge_fired"):
-            coll = getattr(rt, name, None)
-            if isinstance(coll, BoundedSet) and (name == "continuity_injected" or old_id in coll):
-                coll.add(new_id)
+        self.runtime.inherit_session(old_id, new_id)
 
     def _release_deferred(self, key: str) -> None:
         """Free the rotated-away ids of ``key`` once its restore has gone out."""
         if key not in self.deferred_release:
             return
-        pending = getattr(self.runtime, "has_pending_restore", None)
-        if callable(pending) and pending(key):
+        if self.runtime.has_pending_restore(key):
             return  # not delivered yet (e.g. an empty prompt): keep the old state
         for old in self.deferred_release.pop(key) or ():
             with contextlib.suppress(Exception):
@@ -706,15 +513,12 @@ class HermesPlugin:
 
     # ------------------------------------------------------------ hooks: turn
 
+    @never_raises
     def pre_llm_call(self, **kwargs: Any) -> dict[str, str] | None:
-        try:
-            return self._pre_llm_call(kwargs)
-        except Exception:
-            log.warning(_p("pre_llm_call failed"), exc_info=True)
-            return None
+        return self._pre_llm_call(kwargs)
 
     def _pre_llm_call(self, kw: Mapping[str, Any]) -> dict[str, str] | None:
-        sid = _str(kw.get("session_id"))
+        sid = _nonempty_str(kw.get("session_id"))
         if sid is None:
             return None
         key, rotated_from = self._resolve(sid)
@@ -729,7 +533,7 @@ class HermesPlugin:
                 self._compacted(key, sid, sid, message_count=n)
         self.summaries.set(sid, digest)
         prompt = kw.get("user_message")
-        prompt_text = prompt if isinstance(prompt, str) else _content_text(prompt)
+        prompt_text = prompt if isinstance(prompt, str) else _openai_content_text(prompt)
         out: HookOutcome = self.runtime.turn_prepare(TurnPrepare(
             ident=self._ident(sid, key),
             prompt=prompt_text,
@@ -748,21 +552,19 @@ class HermesPlugin:
         self.last_injected.set(key, block)
         return {"context": text}
 
+    @never_raises
     def post_api_request(self, **kwargs: Any) -> None:
-        try:
-            self._post_api_request(kwargs)
-        except Exception:
-            log.warning(_p("post_api_request failed"), exc_info=True)
+        self._post_api_request(kwargs)
 
     def _post_api_request(self, kw: Mapping[str, Any]) -> None:
-        sid = _str(kw.get("session_id"))
+        sid = _nonempty_str(kw.get("session_id"))
         usage = kw.get("usage")
         if sid is None or not isinstance(usage, Mapping):
             return
         key, rotated_from = self._resolve(sid)
         if rotated_from is not None:
             self._compacted(key, rotated_from, sid)
-        model = _str(kw.get("model")) or _str(kw.get("response_model"))
+        model = _nonempty_str(kw.get("model")) or _nonempty_str(kw.get("response_model"))
         fresh = token_count(usage.get("input_tokens"))
         cache_read = token_count(usage.get("cache_read_tokens"))
         cache_write = token_count(usage.get("cache_write_tokens"))
@@ -780,119 +582,103 @@ class HermesPlugin:
             cache_write_tokens=cache_write,
             prompt_tokens=prompt,
             context_budget=self.windows.for_model(model),
-            request_id=_str(kw.get("api_request_id")),
+            request_id=_nonempty_str(kw.get("api_request_id")),
             timestamp_ms=ts,
         ))
 
     # ------------------------------------------------------------ hooks: tools
 
+    @never_raises
     def pre_tool_call(self, **kwargs: Any) -> dict[str, str] | None:
-        try:
-            sid = _str(kwargs.get("session_id"))
-            name = _str(kwargs.get("tool_name"))
-            if name is None:
-                return None
-            args = kwargs.get("args")
-            params = dict(args) if isinstance(args, Mapping) else {}
-            key = sid
-            if sid is not None:
-                key, rotated_from = self._resolve(sid)
-                if rotated_from is not None:
-                    self._compacted(key, rotated_from, sid)
-            out: HookOutcome = self.runtime.tool_before(
-                ToolBefore(Identity(sid, key, AGENT_ID), name, params))
-            res = out.result if out is not None else None
-            if isinstance(res, Mapping) and res.get("block"):
-                reason = res.get("blockReason")
-                return {"action": "block",
-                        "message": reason if isinstance(reason, str) and reason else
-                        "Blocked by token-optimizer."}
-        except Exception:
-            log.warning(_p("pre_tool_call failed"), exc_info=True)
-        return None
-
-    def post_tool_call(self, **kwargs: Any) -> None:
-        try:
-            sid = _str(kwargs.get("session_id"))
-            name = _str(kwargs.get("tool_name"))
-            if name is None:
-                return
-            args = kwargs.get("args")
-            params = dict(args) if isinstance(args, Mapping) else {}
-            key = self.key_of.get(sid) if sid is not None else None
-            if sid is not None and key is None:
-                key, _ = self._resolve(sid)
-            status = kwargs.get("status")
-            error = _str(kwargs.get("error_message"))
-            if error is None and isinstance(status, str) and status not in ("ok", "success",
-                                                                             "completed"):
-                error = _str(kwargs.get("error_type")) or status
-            self.runtime.tool_after(ToolAfter(Identity(sid, key, AGENT_ID), name, params, error))
-        except Exception:
-            log.warning(_p("post_tool_call failed"), exc_info=True)
-
-    # ------------------------------------------------------------ hooks: lifecycle
-
-    def on_session_start(self, **kwargs: Any) -> None:
-        try:
-            sid = _str(kwargs.get("session_id"))
-            if sid is None:
-                return
+        sid = _nonempty_str(kwargs.get("session_id"))
+        name = _nonempty_str(kwargs.get("tool_name"))
+        if name is None:
+            return None
+        args = kwargs.get("args")
+        params = dict(args) if isinstance(args, Mapping) else {}
+        key = sid
+        if sid is not None:
             key, rotated_from = self._resolve(sid)
             if rotated_from is not None:
                 self._compacted(key, rotated_from, sid)
-            fn = getattr(self.runtime, "session_start", None)
-            if callable(fn):
-                fn(self._ident(sid, key))
-        except Exception:
-            log.warning(_p("on_session_start failed"), exc_info=True)
+        out: HookOutcome = self.runtime.tool_before(
+            ToolBefore(Identity(sid, key, AGENT_ID), name, params))
+        res = out.result if out is not None else None
+        if isinstance(res, Mapping) and res.get("block"):
+            reason = res.get("blockReason")
+            return {"action": "block",
+                    "message": reason if isinstance(reason, str) and reason else
+                    "Blocked by token-optimizer."}
+        return None
 
+    @never_raises
+    def post_tool_call(self, **kwargs: Any) -> None:
+        sid = _nonempty_str(kwargs.get("session_id"))
+        name = _nonempty_str(kwargs.get("tool_name"))
+        if name is None:
+            return
+        args = kwargs.get("args")
+        params = dict(args) if isinstance(args, Mapping) else {}
+        key = self.key_of.get(sid) if sid is not None else None
+        if sid is not None and key is None:
+            key, _ = self._resolve(sid)
+        status = kwargs.get("status")
+        error = _nonempty_str(kwargs.get("error_message"))
+        if error is None and isinstance(status, str) and status not in ("ok", "success",
+                                                                         "completed"):
+            error = _nonempty_str(kwargs.get("error_type")) or status
+        self.runtime.tool_after(ToolAfter(Identity(sid, key, AGENT_ID), name, params, error))
+
+    # ------------------------------------------------------------ hooks: lifecycle
+
+    @never_raises
+    def on_session_start(self, **kwargs: Any) -> None:
+        sid = _nonempty_str(kwargs.get("session_id"))
+        if sid is None:
+            return
+        key, rotated_from = self._resolve(sid)
+        if rotated_from is not None:
+            self._compacted(key, rotated_from, sid)
+        self.runtime.session_start(self._ident(sid, key))
+
+    @never_raises
     def on_session_finalize(self, **kwargs: Any) -> None:
         """The real end of a session (shutdown, expiry, /new, CLI boundary)."""
-        try:
-            reason = _str(kwargs.get("reason"))
-            ids = [_str(kwargs.get("session_id")), _str(kwargs.get("old_session_id"))]
-            targets = [s for s in dict.fromkeys(ids) if s is not None]
-            for sid in targets:
-                self._end_later(sid, self.key_of.get(sid) or sid, reason)
-            if reason == "shutdown":
-                self.worker.submit(self._flush)
-            self._maybe_wait()
-        except Exception:
-            log.warning(_p("on_session_finalize failed"), exc_info=True)
+        reason = _nonempty_str(kwargs.get("reason"))
+        ids = [_nonempty_str(kwargs.get("session_id")), _nonempty_str(kwargs.get("old_session_id"))]
+        targets = [s for s in dict.fromkeys(ids) if s is not None]
+        for sid in targets:
+            self._end_later(sid, self.key_of.get(sid) or sid, reason)
+        if reason == "shutdown":
+            self.worker.submit(self._flush)
+        self._maybe_wait()
 
+    @never_raises
     def on_session_reset(self, **kwargs: Any) -> None:
         """``/new`` or ``/reset``: the old id ends, the new one starts fresh."""
-        try:
-            old = _str(kwargs.get("old_session_id"))
-            new = _str(kwargs.get("new_session_id")) or _str(kwargs.get("session_id"))
-            key = (self.key_of.get(old) if old else None) or None
-            if old is not None and old != new:
-                self._end_later(old, key or old, _str(kwargs.get("reason")) or "reset")
-            if new is not None and key is not None:
-                with self._lock:
-                    self.key_of.set(new, key)
-                    self.current_id.set(key, new)
-            self._maybe_wait()
-        except Exception:
-            log.warning(_p("on_session_reset failed"), exc_info=True)
+        old = _nonempty_str(kwargs.get("old_session_id"))
+        new = _nonempty_str(kwargs.get("new_session_id")) or _nonempty_str(kwargs.get("session_id"))
+        key = (self.key_of.get(old) if old else None) or None
+        if old is not None and old != new:
+            self._end_later(old, key or old, _nonempty_str(kwargs.get("reason")) or "reset")
+        if new is not None and key is not None:
+            with self._lock:
+                self.key_of.set(new, key)
+                self.current_id.set(key, new)
+        self._maybe_wait()
 
+    @never_raises
     def subagent_start(self, **kwargs: Any) -> None:
-        try:
-            child = _str(kwargs.get("child_session_id"))
-            if child is not None:
-                self.subagents.add(child)
-                self.key_of.set(child, child)
-        except Exception:
-            log.warning(_p("subagent_start failed"), exc_info=True)
+        child = _nonempty_str(kwargs.get("child_session_id"))
+        if child is not None:
+            self.subagents.add(child)
+            self.key_of.set(child, child)
 
+    @never_raises
     def subagent_stop(self, **kwargs: Any) -> None:
-        try:
-            child = _str(kwargs.get("child_session_id"))
-            if child is not None:
-                self._end_later(child, child, "subagent_stop")
-        except Exception:
-            log.warning(_p("subagent_stop failed"), exc_info=True)
+        child = _nonempty_str(kwargs.get("child_session_id"))
+        if child is not None:
+            self._end_later(child, child, "subagent_stop")
 
     def pre_gateway_dispatch(self, **kwargs: Any) -> None:
         """Remember the chat of the inbound message for ``/token-optimizer``.
@@ -915,7 +701,7 @@ class HermesPlugin:
             entries = getattr(store, "_entries", None)
             entry = entries.get(key) if isinstance(entries, Mapping) else None
             if entry is not None:
-                sid = _str(getattr(entry, "session_id", None))
+                sid = _nonempty_str(getattr(entry, "session_id", None))
             _DISPATCH_TARGET.set(_Target(key, sid))
         except Exception:
             log.debug(_p("pre_gateway_dispatch failed"), exc_info=True)
@@ -944,9 +730,7 @@ class HermesPlugin:
             self.deferred_release.discard(key)
 
     def _flush(self) -> None:
-        fn = getattr(self.runtime, "gateway_stop", None)
-        if callable(fn):
-            fn()
+        self.runtime.gateway_stop()
 
     def _maybe_wait(self) -> None:
         """Off the event loop (CLI exit, tests) wait briefly for the end to land."""
@@ -959,9 +743,7 @@ class HermesPlugin:
             self.worker.stop(SHUTDOWN_DRAIN_S)
             rt = self._runtime
             if rt is not None:
-                close = getattr(rt, "close", None)
-                if callable(close):
-                    close()
+                rt.close()
         except Exception:
             log.debug(_p("shutdown failed"), exc_info=True)
 

@@ -42,7 +42,7 @@ log = logging.getLogger("token_optimizer.hosts.openclaw")
 PREFIX = "[token-optimizer] "
 
 
-def _str(v: object) -> str | None:
+def _str_or_none(v: object) -> str | None:
     return v if isinstance(v, str) else None
 
 
@@ -55,16 +55,16 @@ def identity_from_ctx(ctx: Mapping[str, Any], event: Mapping[str, Any] | None = 
             sid = event.get("sessionId")
         if key is None:
             key = event.get("sessionKey")
-    sid_s = _str(sid)
-    key_s = _str(key)
+    sid_s = _str_or_none(sid)
+    key_s = _str_or_none(key)
     return Identity(session_id=sid_s if sid_s is not None else key_s, session_key=key_s,
-                    agent_id=_str(ctx.get("agentId")))
+                    agent_id=_str_or_none(ctx.get("agentId")))
 
 
 _TOOL_CALL_BLOCKS = ("toolCall", "tool_use", "toolUse", "function_call")
 
 
-def _content_text(content: object) -> str:
+def _openclaw_content_text(content: object) -> str:
     """Text of an OpenClaw message content; a tool call reads as what it did."""
     if isinstance(content, str):
         return content
@@ -101,7 +101,7 @@ def messages_from_payload(raw: object) -> list[Message] | None:
         if not isinstance(role, str):
             continue
         ts = m.get("timestamp")
-        out.append(Message(role, _content_text(m.get("content")),
+        out.append(Message(role, _openclaw_content_text(m.get("content")),
                            ts if isinstance(ts, str) else None))
     return out
 
@@ -131,7 +131,7 @@ def usage_from_payload(event: Mapping[str, Any], ident: Identity) -> Usage | Non
     prompt = _prompt_of_call(last.get("usage")) if isinstance(last, Mapping) else None
     return Usage(
         ident=ident,
-        model=_str(event.get("model")),
+        model=_str_or_none(event.get("model")),
         input_tokens=token_count(u.get("input", u.get("input_tokens", u.get("inputTokens")))),
         output_tokens=token_count(u.get("output", u.get("output_tokens", u.get("outputTokens")))),
         cache_read_tokens=token_count(u.get("cacheRead", u.get("cache_read_input_tokens"))),
@@ -167,25 +167,25 @@ def _ts_turn_prepare(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> 
         is_user_turn=cx.get("trigger") == "user",
         job_id=str(cx["jobId"]) if cx.get("jobId") else None,
         messages=messages_from_payload(ev.get("messages")),
-        cwd=_str(cx.get("workspaceDir")),
+        cwd=_str_or_none(cx.get("workspaceDir")),
     ))
 
 
 def _queued(q: object) -> QueuedInjection:
     if isinstance(q, Mapping):
-        return QueuedInjection(_str(q.get("idempotencyKey")), _str(q.get("text")))
+        return QueuedInjection(_str_or_none(q.get("idempotencyKey")), _str_or_none(q.get("text")))
     return QueuedInjection(None, q if isinstance(q, str) else None)
 
 
 def _ts_before_tool(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
-    name = _str(ev.get("toolName")) or _str(cx.get("toolName")) or ""
+    name = _str_or_none(ev.get("toolName")) or _str_or_none(cx.get("toolName")) or ""
     params = ev.get("params")
     return rt.tool_before(ToolBefore(identity_from_ctx(cx), name,
                                      dict(params) if isinstance(params, Mapping) else {}))
 
 
 def _ts_after_tool(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
-    name = _str(ev.get("toolName")) or _str(cx.get("toolName")) or ""
+    name = _str_or_none(ev.get("toolName")) or _str_or_none(cx.get("toolName")) or ""
     params = ev.get("params")
     err = ev.get("error")
     return rt.tool_after(ToolAfter(identity_from_ctx(cx), name,
@@ -204,14 +204,14 @@ def _ts_after_compaction(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any])
     cc = ev.get("compactedCount")
     return rt.compaction_after(CompactionAfter(
         identity_from_ctx(cx),
-        previous_session_id=_str(ev.get("previousSessionId")),
+        previous_session_id=_str_or_none(ev.get("previousSessionId")),
         compacted_count=cc if isinstance(cc, (int, float)) and not isinstance(cc, bool) else None,
         message_count=ev.get("messageCount"),
     ))
 
 
 def _ts_session_end(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
-    return rt.session_end(SessionEnd(identity_from_ctx(cx, ev), _str(ev.get("reason"))))
+    return rt.session_end(SessionEnd(identity_from_ctx(cx, ev), _str_or_none(ev.get("reason"))))
 
 
 def _ts_llm_output(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
