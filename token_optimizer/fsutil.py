@@ -26,7 +26,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -832,3 +832,77 @@ def remove_tree_safely(path: Path, root: Path) -> int:
     with contextlib.suppress(OSError):
         os.rmdir(path)
     return removed
+
+
+def rewrite_jsonl(d: CheckedDir, name: str, keep: Callable[[dict[str, Any]], bool], *,
+                  max_bytes: int | None = None, durable: bool = True) -> int:
+    """Rewrite a JSON-lines file with only the rows ``keep`` accepts, newest ``max_bytes`` at most.
+
+    Unreadable lines are dropped too. Kept lines are written back unchanged
+    (trimmed), oldest first. Rows another process appends while the file is
+    being rewritten are carried over to the new file. Returns the number of
+    lines dropped; the file is left alone when nothing is dropped.
+    """
+    from token_optimizer.jsutil import js_trim, loads
+
+    fd = d._open_regular(name, os.O_RDONLY)
+    try:
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        kept: list[bytes] = []
+        dropped = 0
+        for raw in data.split(b"\n"):
+            s = js_trim(raw.decode("utf-8", errors="replace"))
+            if not s:
+                continue
+            try:
+                row = loads(s)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and keep(row):
+                kept.append(s.encode("utf-8"))
+            else:
+                dropped += 1
+        if max_bytes is not None:
+            total = sum(len(k) + 1 for k in kept)
+            start = 0
+            while total > max_bytes and start < len(kept):
+                total -= len(kept[start]) + 1
+                start += 1
+            dropped += start
+            kept = kept[start:]
+        if dropped == 0:
+            return 0
+        out = b"".join(k + b"\n" for k in kept)
+        tmp = temp_name(name)
+        tfd = d.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            try:
+                _write_all(tfd, out)
+                # rows appended meanwhile (the read position is at the old end)
+                while extra := os.read(fd, 1 << 20):
+                    if out and not out.endswith(b"\n"):
+                        extra = b"\n" + extra
+                    _write_all(tfd, extra)
+                    out = extra
+                if durable:
+                    os.fsync(tfd)
+            finally:
+                os.close(tfd)
+            d.rename(tmp, name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                d.unlink(tmp)
+            raise
+        if durable:
+            d.fsync()
+        return dropped
+    finally:
+        os.close(fd)
+
+
+def trim_jsonl_tail(d: CheckedDir, name: str, keep_bytes: int, *, durable: bool = True) -> int:
+    """Size cap: keep only the newest whole lines of ``name`` that fit in ``keep_bytes``."""
+    return rewrite_jsonl(d, name, lambda _row: True, max_bytes=keep_bytes, durable=durable)
