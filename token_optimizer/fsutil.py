@@ -398,11 +398,15 @@ class CheckedDir:
         capped = max_bytes is not None and len(data) >= max_bytes
         return parse_jsonl(data, self.path / name, capped=capped, ident=(st.st_dev, st.st_ino))
 
-    def write(self, name: str, data: str | bytes, mode: int = FILE_MODE) -> None:
-        """Truncate and write in place."""
-        fd = self._open_regular(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    def write(self, name: str, data: str | bytes, mode: int = FILE_MODE, *,
+              exclusive: bool = False, durable: bool = False) -> None:
+        """Truncate and write in place (``exclusive``: the file must not exist; ``durable``: fsync)."""
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+        fd = self._open_regular(name, flags, mode)
         try:
             _write_all(fd, _bytes(data))
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
 

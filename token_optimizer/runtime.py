@@ -265,6 +265,7 @@ class TokenOptimizer:
                 self._log("info", f"pruned {d} compression telemetry events older than "
                                   f"{TELEMETRY_MAX_AGE_DAYS} days")
             self.telemetry.prune_savings_events(TELEMETRY_MAX_AGE_DAYS)
+            self.policy.prune_events(TELEMETRY_MAX_AGE_DAYS)
             self.telemetry.remove_stale_temps()
             self.read_cache.remove_stale_temps()
         return self._run("gateway_start", body)
