@@ -689,16 +689,18 @@ def test_capture_never_raises_when_policy_fails(paths: StatePaths, clock: Clock,
 def test_capture_falls_back_to_v1_when_v2_write_fails(
     store: CheckpointStore, paths: StatePaths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = fsutil.write_no_follow
+    real = fsutil.CheckedDir.write
     calls = {"n": 0}
 
-    def flaky(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    def flaky(self: fsutil.CheckedDir, name: str, data: str | bytes, mode: int = 0o600,
+              **kw: bool) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("transient")
-        real(path, data, mode)
+        real(self, name, data, mode, **kw)
 
-    monkeypatch.setattr(fsutil, "write_no_follow", flaky)
+    # the artifact is written to a temp file through the checked session directory
+    monkeypatch.setattr(fsutil.CheckedDir, "write", flaky)
     r = store.capture("abc", [Message("user", "hello world")])
     assert r is not None and r.version == 1
     assert r.path.read_text("utf-8").startswith("# Session Checkpoint\n")

@@ -239,7 +239,7 @@ def test_an_end_releases_every_collection(driver: Driver) -> None:
     driver.compact("s1")
     driver.turn("s1", "after")
     driver.end("s1")
-    held = {name: [k for k in c.keys() if "s1" in str(k)]
+    held = {name: [k for k in c if "s1" in str(k)]
             for name, c in driver.core.collections().items()}
     assert {n: ks for n, ks in held.items() if ks} == {}
     if isinstance(driver, HermesDriver):

@@ -22,11 +22,13 @@ text is the "no transcript" sentence.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +43,6 @@ from token_optimizer.jsutil import (
     js_number,
     js_round,
     js_trim,
-    loads,
     now_ms,
     parse_int,
     to_fixed,
@@ -602,48 +603,27 @@ class CheckpointStore:
         """Unresolved ``<root>/<sanitised id>`` (no I/O)."""
         return self.root / _checkpoint_sid(session_id)
 
-    def _root_for_writes(self) -> Path:
-        root = fsutil.ensure_dir(self.root, base=self.root)
-        if not root.is_absolute():  # pragma: no cover - realpath is always absolute
-            raise fsutil.UnsafePathError("checkpoint root is not absolute")
-        return root
-
-    def _session_dir_for_writes(self, sid: str) -> Path:
-        """Create (0700) and return the realpath of the session dir, refusing symlinks."""
-        root = self._root_for_writes()
-        d = fsutil.ensure_dir(root / sid, base=root)
-        if not fsutil.is_within(root, d) or d == root:
-            raise fsutil.UnsafePathError("checkpoint session directory escapes the checkpoint root")
-        return d
-
-    @staticmethod
-    def _file_for_writes(session_dir: Path, name: str, what: str) -> Path:
-        target = session_dir / name
-        fsutil.check_write_target(target)
-        if not fsutil.is_within(session_dir, target) or target == session_dir:
-            raise fsutil.UnsafePathError(f"checkpoint {what} escapes the session directory")
-        return target
+    def _session_dir_for_writes(self, sid: str) -> fsutil.CheckedDir:
+        """The session dir (created 0700), reached from the state root without following a symlink."""
+        with fsutil.open_checked_dir(self.paths.root, self.root, create=True) as root:
+            return root.subdir(sid, create=True)
 
     # -------------------------------------------------------------- manifest
 
-    def _last_manifest_entry(self, session_dir: Path) -> dict[str, Any] | None:
+    @staticmethod
+    def _manifest_rows(d: fsutil.CheckedDir) -> list[dict[str, Any]]:
         try:
-            manifest = self._file_for_writes(session_dir, MANIFEST_NAME, "manifest")
-            if not os.path.lexists(manifest):
-                return None
-            text = fsutil.read_text_no_follow(manifest, max_bytes=_MANIFEST_READ_BYTES)
-            lines = [ln for ln in text.split("\n") if ln]
-            if not lines:
-                return None
-            entry = loads(lines[-1])
-        except Exception:
-            return None
-        return entry if isinstance(entry, dict) else None
+            return d.read_jsonl(MANIFEST_NAME, _MANIFEST_READ_BYTES)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.warning("[token-optimizer] checkpoint manifest unreadable: %s", exc)
+            return []
 
-    def _append_manifest(self, session_dir: Path, entry: dict[str, Any]) -> None:
+    @staticmethod
+    def _append_manifest(d: fsutil.CheckedDir, entry: dict[str, Any]) -> None:
         try:
-            manifest = self._file_for_writes(session_dir, MANIFEST_NAME, "manifest")
-            fsutil.append_no_follow(manifest, dumps_compact(entry) + "\n", fsutil.FILE_MODE)
+            d.append(MANIFEST_NAME, dumps_compact(entry) + "\n", fsutil.FILE_MODE)
         except Exception as exc:  # best effort: an unregistered artifact is a harmless orphan
             log.warning("[token-optimizer] checkpoint manifest append failed: %s", exc)
 
@@ -651,7 +631,7 @@ class CheckpointStore:
 
     def _write(
         self,
-        session_dir: Path,
+        d: fsutil.CheckedDir,
         sid: str,
         msgs: Sequence[_Msg],
         body: str,
@@ -659,13 +639,24 @@ class CheckpointStore:
         version: int,
         notes: NotesLike | None = None,
     ) -> CaptureResult | None:
-        """Dedup check, artifact write, manifest row, policy registration."""
-        with self._lock(sid):
-            return self._write_locked(session_dir, sid, msgs, body, o, version, notes)
+        """Dedup check, artifact write, manifest row, policy registration.
+
+        Runs under the session's stripe lock and its cross-process directory
+        lock. Order, for crash safety: the artifact goes to a temp file
+        (fsynced), then the manifest row is appended (the commit point), then
+        the temp file is renamed into place, then the decision is recorded. A
+        process killed after the manifest row leaves a capture that the next
+        process counts as taken (the policy reconciles from the manifest) and
+        whose temp file the start-up cleanup renames into place; killed before
+        it, nothing is registered and only a temp file remains, which the
+        cleanup removes. No empty or torn ``.md`` is ever visible.
+        """
+        with self._lock(sid), d.lock():
+            return self._write_locked(d, sid, msgs, body, o, version, notes)
 
     def _write_locked(
         self,
-        session_dir: Path,
+        d: fsutil.CheckedDir,
         sid: str,
         msgs: Sequence[_Msg],
         body: str,
@@ -674,7 +665,8 @@ class CheckpointStore:
         notes: NotesLike | None = None,
     ) -> CaptureResult | None:
         digest = _semantic_digest(sid, msgs, o, notes)
-        last = self._last_manifest_entry(session_dir)
+        rows = self._manifest_rows(d)
+        last = rows[-1] if rows else None
         if last is not None and last.get("semanticDigest") == digest and last.get("trigger") == o.trigger:
             self.policy.record_decision(sid, o.trigger, now_ms=self._clock())
             previous = last.get("file")
@@ -684,14 +676,25 @@ class CheckpointStore:
 
         stamp = iso_from_ms(self._clock()).replace(":", "-").replace(".", "-")
         filename = f"{stamp}-{fsutil.sanitize_trigger(o.trigger)}.md"
-        target = self._file_for_writes(session_dir, filename, "file")
         try:
-            fsutil.write_no_follow(target, body, fsutil.FILE_MODE)
+            existing = d.lstat(filename)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISREG(existing.st_mode):
+                raise fsutil.UnsafePathError(f"checkpoint file unsafe: {d.path / filename}")
+        settings = getattr(self.policy, "settings", None)
+        durable = bool(getattr(settings, "durable", True))
+        tmp = fsutil.temp_name(filename)
+        try:
+            d.write(tmp, body, fsutil.FILE_MODE, exclusive=True, durable=durable)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                d.unlink(tmp)
             log.warning("[token-optimizer] checkpoint write failed for %s: %s", sid, exc)
             return None
-
-        self._append_manifest(session_dir, {
+        target = d.realpath / filename
+        self._append_manifest(d, {
             "file": str(target),
             "filename": filename,
             "trigger": o.trigger,
@@ -702,6 +705,15 @@ class CheckpointStore:
             "messageCount": len(msgs),
             "createdAt": iso_from_ms(self._clock()),
         })
+        try:
+            d.rename(tmp, filename)
+            if durable:
+                d.fsync()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                d.unlink(tmp)
+            log.warning("[token-optimizer] checkpoint write failed for %s: %s", sid, exc)
+            return None
         telemetry: dict[str, Any] = {"sessionId": sid}
         for key, value in (
             ("fillPct", o.fill_pct),
@@ -732,9 +744,9 @@ class CheckpointStore:
 
     def _capture_v1(self, session_id: str, msgs: list[_Msg], max_messages: int, o: _Options) -> CaptureResult | None:
         sid = _checkpoint_sid(session_id)
-        session_dir = self._session_dir_for_writes(sid)
-        body = _render_v1(sid, iso_from_ms(self._clock()), msgs, max_messages, o)
-        return self._write(session_dir, sid, msgs, body, o, 1)
+        with self._session_dir_for_writes(sid) as d:
+            body = _render_v1(sid, iso_from_ms(self._clock()), msgs, max_messages, o)
+            return self._write(d, sid, msgs, body, o, 1)
 
     def capture_v2(
         self,
@@ -753,12 +765,13 @@ class CheckpointStore:
             return self._capture_v1(session_id, msgs, max_recent, o)
         sid = _checkpoint_sid(session_id)
         try:
-            session_dir = self._session_dir_for_writes(sid)
+            d = self._session_dir_for_writes(sid)
         except OSError as exc:
             log.warning("[token-optimizer] checkpoint directory unusable for %s: %s", sid, exc)
             return None
-        body = _render_v2(sid, iso_from_ms(self._clock()), msgs, max_recent, o, notes)
-        return self._write(session_dir, sid, msgs, body, o, 2, notes)
+        with d:
+            body = _render_v2(sid, iso_from_ms(self._clock()), msgs, max_recent, o, notes)
+            return self._write(d, sid, msgs, body, o, 2, notes)
 
     def capture(
         self,

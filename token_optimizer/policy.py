@@ -64,7 +64,10 @@ ENV_EDIT_BATCH_FILES = "TOKEN_OPTIMIZER_EDIT_BATCH_FILE_THRESHOLD"
 ENV_TELEMETRY = "TOKEN_OPTIMIZER_CHECKPOINT_TELEMETRY"
 
 _DAY_MS = 86_400_000
+EVENTS_MAX_BYTES = 16 << 20
+"""Size cap of ``checkpoint-events.jsonl`` at prune time (newest rows kept)."""
 _MAX_STATE_BYTES = 16 << 20
+_MAX_MANIFEST_BYTES = 32 << 20
 _LOCK_STRIPES = 64
 
 
@@ -214,6 +217,60 @@ def _trigger_number(trigger: str) -> float | None:
     return None if math.isnan(n) else _num(n)
 
 
+def _mark_captured(st: SessionCheckpointState, trigger: str) -> None:
+    """Add a one-shot trigger (fill band, quality threshold, pre-fan-out) to the captured sets."""
+    if trigger.startswith("progressive-"):
+        band = _trigger_number(trigger)
+        if band is not None:
+            st.captured_fill_bands[band] = None
+    elif trigger.startswith("quality-"):
+        threshold = _trigger_number(trigger)
+        if threshold is not None:
+            st.captured_quality_thresholds[threshold] = None
+    elif trigger == "milestone-pre-fanout":
+        st.captured_milestones[PRE_FANOUT] = None
+
+
+def _apply_decision(st: SessionCheckpointState, trigger: str, now: float) -> None:
+    """``recordCheckpointDecision``'s in-memory effect (runtime.md §4.7)."""
+    st.last_checkpoint_at = now
+    if trigger == "milestone-edit-batch":
+        st.edit_batch_marker_writes = st.edit_write_count
+        st.edit_batch_marker_files = len(st.edited_files)
+    else:
+        _mark_captured(st, trigger)
+
+
+_SCALARS = ("last_checkpoint_at", "last_evaluated_at", "edit_write_count",
+            "edit_batch_marker_writes", "edit_batch_marker_files")
+
+
+def _scalars(st: SessionCheckpointState) -> tuple[float, ...]:
+    return tuple(getattr(st, k) for k in _SCALARS)
+
+
+def _merge(st: SessionCheckpointState, disk: SessionCheckpointState, before: tuple[float, ...]) -> None:
+    """Fold what another process wrote into ``st`` (nothing either side recorded is lost).
+
+    Sets: union, in the file's order first, then ours. Numbers: a value on
+    disk that is larger than ours *before this decision* came from another
+    process and wins when larger; otherwise ours stands (so one process alone
+    writes exactly what the reference would).
+    """
+    for name in ("captured_fill_bands", "captured_quality_thresholds", "captured_milestones",
+                 "edited_files"):
+        mine: dict[Any, None] = getattr(st, name)
+        theirs: dict[Any, None] = getattr(disk, name)
+        if any(k not in mine for k in theirs):
+            merged = dict(theirs)
+            merged.update(mine)
+            setattr(st, name, merged)
+    for name, old in zip(_SCALARS, before, strict=True):
+        d = getattr(disk, name)
+        if d > old and d > getattr(st, name):
+            setattr(st, name, d)
+
+
 # ---------------------------------------------------------------- locale order
 
 # Approximation of ICU root collation (JS ``localeCompare``) for ASCII:
@@ -273,11 +330,23 @@ class CheckpointPolicy:
     def state_path(self, session_id: str) -> Path:
         return self.session_dir(session_id) / STATE_FILENAME
 
-    def _resolved_root(self) -> Path | None:
-        """Realpath of the checkpoint root; None when missing or a symlink."""
-        return fsutil.real_dir(self.paths.checkpoints)
+    def _root_dir(self, *, create: bool = False) -> fsutil.CheckedDir:
+        """``checkpoints/``, reached from the state root without following a symlink."""
+        return fsutil.open_checked_dir(self.paths.root, self.paths.checkpoints, create=create)
 
-    # ------------------------------------------------------------ state cache
+    def _resolved_root(self) -> Path | None:
+        """Realpath of the checkpoint root; None when missing, symlinked or unsafe."""
+        try:
+            with self._root_dir() as d:
+                return d.realpath
+        except OSError:
+            return None
+
+    def session_dir_checked(self, session_id: str, *, create: bool = False) -> fsutil.CheckedDir:
+        """The session's directory (created 0700 when ``create``), every level checked."""
+        key = self.key_for(session_id)
+        with self._root_dir(create=create) as root:
+            return root.subdir(key, create=create)
 
     def _state_locked(self, key: str) -> SessionCheckpointState:
         st = self.states.get(key)
@@ -314,60 +383,66 @@ class CheckpointPolicy:
             self.states.discard(key)
 
     def _load(self, key: str) -> SessionCheckpointState | None:
-        root = self._resolved_root()
-        if root is None:
-            return None
-        sdir = root / key
-        if not fsutil.safe_dir(sdir, root):
-            if os.path.lexists(sdir):
-                log.warning("[token-optimizer] ignoring unsafe checkpoint directory: %s", sdir)
-            return None
-        path = sdir / STATE_FILENAME
-        if not os.path.lexists(path):
-            return None
-        if not fsutil.safe_file(path, sdir):
-            log.warning("[token-optimizer] ignoring unsafe policy state file: %s", path)
-            return None
         try:
-            doc = jsutil.loads(fsutil.read_text_no_follow(path, max_bytes=_MAX_STATE_BYTES))
-        except (OSError, ValueError) as exc:
-            log.warning("[token-optimizer] unreadable policy state %s (%s); starting fresh", path, exc)
+            with self._root_dir() as root, root.subdir(key) as d:
+                return self._disk_state(d)
+        except FileNotFoundError:
             return None
-        if not isinstance(doc, dict):
-            log.warning("[token-optimizer] policy state %s is not an object; starting fresh", path)
+        except OSError as exc:
+            log.warning("[token-optimizer] ignoring unsafe checkpoint directory %s: %s",
+                        self.paths.checkpoints / key, exc)
             return None
-        return SessionCheckpointState.from_json(doc)
 
-    def _session_dir_for_write(self, key: str) -> Path:
-        """The session directory, created 0700 when missing; symlinks refused.
+    def _disk_state(self, d: fsutil.CheckedDir) -> SessionCheckpointState | None:
+        """The persisted state of one session directory, reconciled with its manifest.
 
-        The root is checked before anything is created below it, so a symlinked
-        root can never make us create a directory elsewhere.
+        A checkpoint whose manifest row was written by a process that died
+        before recording the decision still counts as captured: its fill
+        band, quality threshold or milestone is added, ``lastCheckpointAt``
+        moves up to the row's ``createdAt``, and an unrecorded edit-batch row
+        sets the edit-batch markers. So a fresh process never captures the
+        same band twice (the reference would).
         """
-        root = self.paths.checkpoints
-        sdir = root / key
+        st: SessionCheckpointState | None = None
         try:
-            # fast path: both already real directories (a key has no separators,
-            # so a real sdir directly inside a real root cannot escape it)
-            if stat.S_ISDIR(os.lstat(sdir).st_mode) and stat.S_ISDIR(os.lstat(root).st_mode):
-                return sdir
+            doc = jsutil.loads(d.read_bytes(STATE_FILENAME, _MAX_STATE_BYTES))
+            if isinstance(doc, dict):
+                st = SessionCheckpointState.from_json(doc)
+            else:
+                log.warning("[token-optimizer] policy state %s is not an object; starting fresh",
+                            d.path / STATE_FILENAME)
         except FileNotFoundError:
             pass
-        fsutil.ensure_dir(root, base=root)
-        return fsutil.ensure_dir(sdir, base=root)
+        except (OSError, ValueError) as exc:
+            log.warning("[token-optimizer] unreadable policy state %s (%s); starting fresh",
+                        d.path / STATE_FILENAME, exc)
+        try:
+            rows = d.read_jsonl(MANIFEST_FILENAME, _MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            rows = []
+        except OSError as exc:
+            log.warning("[token-optimizer] unreadable checkpoint manifest %s: %s",
+                        d.path / MANIFEST_FILENAME, exc)
+            rows = []
+        if not rows:
+            return st
+        st = st if st is not None else SessionCheckpointState()
+        recorded_at = st.last_checkpoint_at
+        for row in rows:
+            trigger = row.get("trigger")
+            created = jsutil.parse_iso_ms(row.get("createdAt"))
+            if not isinstance(trigger, str) or math.isnan(created):
+                continue
+            _mark_captured(st, trigger)
+            if created > recorded_at:
+                st.last_checkpoint_at = max(st.last_checkpoint_at, created)
+                if trigger == "milestone-edit-batch":
+                    st.edit_batch_marker_writes = st.edit_write_count
+                    st.edit_batch_marker_files = len(st.edited_files)
+        return st
 
-    def _persist_locked(self, key: str, st: SessionCheckpointState) -> None:
-        data = jsutil.dumps_pretty(st.to_json())
-        for attempt in (1, 2):
-            try:
-                sdir = self._session_dir_for_write(key)
-                fsutil.atomic_write(sdir / STATE_FILENAME, data, durable=self.settings.durable)
-                return
-            except FileNotFoundError:
-                # the directory vanished between creation and write (a cleanup
-                # from another process); create it again once
-                if attempt == 2:
-                    raise
+    def _persist_locked(self, d: fsutil.CheckedDir, st: SessionCheckpointState) -> None:
+        d.atomic_write(STATE_FILENAME, jsutil.dumps_pretty(st.to_json()), durable=self.settings.durable)
 
     # ------------------------------------------------------------ evaluation gate
 
@@ -401,35 +476,51 @@ class CheckpointPolicy:
 
     def decide_snapshot(
         self, session_id: str, snap: Snapshot, now_ms: float | None = None, *,
-        ignore_cooldown: bool = False,
+        ignore_cooldown: bool = False, peak_fill: float | None = None,
     ) -> Decision | None:
-        """Fill band (highest uncaptured band <= fill), else quality threshold."""
+        """Fill band (highest uncaptured band <= fill), else quality threshold.
+
+        ``peak_fill`` (ours) is the highest fill the session has reached: a band
+        crossed earlier but held back (by a cooldown, or skipped when the fill
+        jumped over it) stays due after the fill has dropped, e.g. after a
+        compaction, and is taken once the current bands and thresholds are.
+        """
         now = jsutil.now_ms() if now_ms is None else now_ms
         key = self.key_for(session_id)
         with self._lock_for(key):
             st = self._state_locked(key)
             if not ignore_cooldown and self._cooldown_active(st, now):
                 return None
-            return self._snapshot_target(st, snap)
+            return self._snapshot_target(st, snap, peak_fill)
 
     @staticmethod
-    def _snapshot_target(st: SessionCheckpointState, snap: Snapshot) -> Decision | None:
+    def _highest_band(st: SessionCheckpointState, fill: float) -> int | None:
         target: int | None = None
         for band in FILL_BANDS:
-            if snap.fill_pct >= band and band not in st.captured_fill_bands:
+            if fill >= band and band not in st.captured_fill_bands:
                 target = band
+        return target
+
+    def _snapshot_target(self, st: SessionCheckpointState, snap: Snapshot,
+                         peak_fill: float | None = None) -> Decision | None:
+        target = self._highest_band(st, snap.fill_pct)
         if target is not None:
             return Decision(f"progressive-{target}", snap.fill_pct, snap.quality_score)
         for threshold in QUALITY_THRESHOLDS:
             if snap.quality_score < threshold and threshold not in st.captured_quality_thresholds:
                 return Decision(f"quality-{threshold}", snap.fill_pct, snap.quality_score)
+        if peak_fill is not None and peak_fill > snap.fill_pct:
+            target = self._highest_band(st, peak_fill)
+            if target is not None:
+                return Decision(f"progressive-{target}", snap.fill_pct, snap.quality_score)
         return None
 
-    def snapshot_due(self, session_id: str, snap: Snapshot) -> bool:
+    def snapshot_due(self, session_id: str, snap: Snapshot,
+                     peak_fill: float | None = None) -> bool:
         """Would ``snap`` earn a band or threshold once no cooldown holds it back?"""
         key = self.key_for(session_id)
         with self._lock_for(key):
-            return self._snapshot_target(self._state_locked(key), snap) is not None
+            return self._snapshot_target(self._state_locked(key), snap, peak_fill) is not None
 
     def milestone_taken(self, session_id: str, trigger: str) -> bool:
         """Has the once-per-session milestone ``trigger`` been captured?"""
@@ -499,27 +590,32 @@ class CheckpointPolicy:
         """
         now = jsutil.now_ms() if now_ms is None else now_ms
         key = self.key_for(session_id)
-        with self._lock_for(key):
-            st = self._state_locked(key)
-            st.last_checkpoint_at = now
-            if trigger.startswith("progressive-"):
-                band = _trigger_number(trigger)
-                if band is not None:
-                    st.captured_fill_bands[band] = None
-            elif trigger.startswith("quality-"):
-                threshold = _trigger_number(trigger)
-                if threshold is not None:
-                    st.captured_quality_thresholds[threshold] = None
-            elif trigger == "milestone-pre-fanout":
-                st.captured_milestones[PRE_FANOUT] = None
-            elif trigger == "milestone-edit-batch":
-                st.edit_batch_marker_writes = st.edit_write_count
-                st.edit_batch_marker_files = len(st.edited_files)
+        applied = False
+        error: Exception | None = None
+        for _attempt in (1, 2):
             try:
-                self._persist_locked(key, st)
+                with self.session_dir_checked(key, create=True) as d, d.lock(), self._lock_for(key):
+                    st = self._state_locked(key)
+                    before = _scalars(st)
+                    if not applied:
+                        _apply_decision(st, trigger, now)
+                        applied = True
+                    disk = self._disk_state(d)
+                    if disk is not None:
+                        _merge(st, disk, before)
+                    self._persist_locked(d, st)
+                return
+            except FileNotFoundError as exc:
+                # the directory vanished between opening and writing (a cleanup
+                # in another process): create it again once
+                error = exc
             except (OSError, ValueError) as exc:
-                log.warning("[token-optimizer] could not persist checkpoint policy state for %s: %s",
-                            key, exc)
+                error = exc
+                break
+        if not applied:
+            with self._lock_for(key):
+                _apply_decision(self._state_locked(key), trigger, now)
+        log.warning("[token-optimizer] could not persist checkpoint policy state for %s: %s", key, error)
 
     def register_capture(self, session_id: str, trigger: str, telemetry: dict[str, Any]) -> None:
         """A new checkpoint artifact was written: telemetry row, then record the decision.
@@ -547,10 +643,9 @@ class CheckpointPolicy:
             if v is not None and v is not jsutil.UNDEFINED:
                 row[camel] = v
         try:
-            root = fsutil.ensure_dir(self.paths.checkpoints, base=self.paths.checkpoints)
-            target = root / EVENTS_FILENAME
-            fsutil.check_write_target(target)
-            fsutil.append_no_follow(target, jsutil.dumps_compact(row) + "\n")
+            line = jsutil.dumps_compact(row) + "\n"
+            with self._root_dir(create=True) as d:
+                d.append(EVENTS_FILENAME, line)
         except (OSError, TypeError, ValueError) as exc:
             log.debug("[token-optimizer] checkpoint telemetry append failed: %s", exc)
 
@@ -558,42 +653,11 @@ class CheckpointPolicy:
 
     def checkpoint_files(self, session_id: str) -> list[CheckpointFile]:
         """Valid manifest entries whose artifact is a safe file (manifest order)."""
-        root = self._resolved_root()
-        if root is None:
-            return []
-        sdir = root / self.key_for(session_id)
-        if not fsutil.safe_dir(sdir, root):
-            return []
-        real_dir = Path(os.path.realpath(sdir))
-        manifest = real_dir / MANIFEST_FILENAME
-        if not fsutil.safe_file(manifest, real_dir):
-            return []
         try:
-            text = fsutil.read_text_no_follow(manifest)
-        except OSError:
+            with self.session_dir_checked(session_id) as d:
+                return _manifest_files(d, d.read_jsonl(MANIFEST_FILENAME, _MAX_MANIFEST_BYTES))
+        except (OSError, ValueError):
             return []
-        out: list[CheckpointFile] = []
-        for line in text.split("\n"):
-            if not line.strip():
-                continue
-            try:
-                entry = jsutil.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(entry, dict):
-                continue
-            file, trigger, created = entry.get("file"), entry.get("trigger"), entry.get("createdAt")
-            if not (isinstance(file, str) and file and isinstance(trigger, str) and trigger
-                    and isinstance(created, str) and created):
-                continue
-            ts = jsutil.parse_iso_ms(created)
-            if math.isnan(ts):
-                continue
-            fp = Path(file)
-            if not fsutil.safe_file(fp, real_dir):
-                continue
-            out.append(CheckpointFile(Path(os.path.realpath(fp)), trigger, ts))
-        return out
 
     def telemetry_summary(self, days: int = 7, *, now_ms: float | None = None) -> dict[str, Any]:
         """Summary of ``checkpoint-events.jsonl`` (read whether or not telemetry is on)."""
@@ -602,24 +666,18 @@ class CheckpointPolicy:
         event_log = (root if root is not None else self.paths.checkpoints) / EVENTS_FILENAME
         cutoff = now - days * _DAY_MS
         events: list[tuple[float, dict[str, Any]]] = []
-        if root is not None and fsutil.safe_file(event_log, root):
+        rows: list[dict[str, Any]] = []
+        if root is not None:
             try:
-                text = fsutil.read_text_no_follow(event_log)
+                with self._root_dir() as d:
+                    rows = d.read_jsonl(EVENTS_FILENAME)
             except OSError:
-                text = ""
-            for line in text.split("\n"):
-                if not line:
-                    continue
-                try:
-                    ev = jsutil.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(ev, dict):
-                    continue
-                ts = jsutil.parse_iso_ms(ev.get("timestamp"))
-                if math.isnan(ts):
-                    continue
-                events.append((ts, ev))
+                rows = []
+        for ev in rows:
+            ts = jsutil.parse_iso_ms(ev.get("timestamp"))
+            if math.isnan(ts):
+                continue
+            events.append((ts, ev))
         recent = [(ts, ev) for ts, ev in events if ts >= cutoff]
         counts: dict[str, int] = {}
         for _, ev in recent:
@@ -660,36 +718,10 @@ class CheckpointPolicy:
                 issues.append(f"Checkpoint root is invalid or symlinked: {root_path}")
         if root is not None:
             try:
-                names = sorted(os.listdir(root))
+                with self._root_dir() as rd:
+                    sessions, checkpoints, policies, total_bytes = _scan_root(rd, root, issues)
             except OSError as exc:
                 issues.append(f"Could not list the checkpoint root ({exc.strerror}): {root}")
-                names = []
-            for name in names:
-                entry = root / name
-                if name == EVENTS_FILENAME and fsutil.safe_file(entry, root):
-                    continue  # our own telemetry log, not a session (fixes §13.4 E)
-                if not fsutil.safe_dir(entry, root):
-                    issues.append(f"Skipped unsafe checkpoint directory: {entry}")
-                    continue
-                sessions += 1
-                try:
-                    files = sorted(os.listdir(entry))
-                except OSError as exc:
-                    issues.append(f"Could not list checkpoint directory ({exc.strerror}): {entry}")
-                    continue
-                for fname in files:
-                    fp = entry / fname
-                    if not fsutil.safe_file(fp, entry):
-                        issues.append(f"Skipped unsafe checkpoint file: {fp}")
-                        continue
-                    try:
-                        total_bytes += os.lstat(fp).st_size
-                    except OSError:
-                        continue
-                    if fname.endswith(".md"):
-                        checkpoints += 1
-                    elif fname == STATE_FILENAME:
-                        policies += 1
         summary = self.telemetry_summary(7)
         last = summary["lastEvent"]
         out: dict[str, Any] = {
@@ -727,46 +759,169 @@ class CheckpointPolicy:
     # ------------------------------------------------------------ retention
 
     def cleanup_artifacts(self, max_age_days: int = 7, *, now_ms: float | None = None) -> int:
-        """Delete session-dir files older than ``max_age_days`` (mtime); drop empty dirs."""
+        """Delete session-dir files older than ``max_age_days`` (mtime); drop empty dirs.
+
+        Also settles what a killed writer left behind: a checkpoint temp file
+        whose manifest row was written is renamed into place (the capture had
+        committed), any other stale temp file of ours is removed (see
+        :func:`token_optimizer.fsutil.stale_temps`). Each session directory is
+        handled under its cross-process lock.
+        """
         now = jsutil.now_ms() if now_ms is None else now_ms
-        root = self._resolved_root()
-        if root is None:
-            return 0
         # compare in exact nanoseconds: float ms lose precision at epoch scale
         cutoff_ns = Fraction(now - max_age_days * _DAY_MS) * 1_000_000
         try:
-            names = os.listdir(root)
+            root = self._root_dir()
+        except FileNotFoundError:
+            return 0
         except OSError as exc:
-            log.warning("[token-optimizer] checkpoint cleanup could not list %s: %s", root, exc)
+            log.warning("[token-optimizer] checkpoint cleanup skipped, unsafe root %s: %s",
+                        self.paths.checkpoints, exc)
             return 0
         removed = 0
-        for name in names:
-            sdir = root / name
-            with self._lock_for(name):
-                if not fsutil.safe_dir(sdir, root):
-                    continue
+        with root:
+            fsutil.remove_stale_temps(root)
+            try:
+                names = root.listdir()
+            except OSError as exc:
+                log.warning("[token-optimizer] checkpoint cleanup could not list %s: %s", root.path, exc)
+                return 0
+            for name in names:
                 try:
-                    files = os.listdir(sdir)
+                    d = root.subdir(name)
                 except OSError:
-                    continue
-                for fname in files:
-                    fp = sdir / fname
-                    if not fsutil.safe_file(fp, sdir):
-                        continue
-                    try:
-                        if os.lstat(fp).st_mtime_ns < cutoff_ns:
-                            os.unlink(fp)
-                            removed += 1
-                    except OSError:
-                        continue
-                with contextlib.suppress(OSError):
-                    if not os.listdir(sdir):
-                        os.rmdir(sdir)
+                    continue  # a file, a symlink or gone
+                with d, d.lock():
+                    removed += _clean_session_dir(d, cutoff_ns)
+                    with contextlib.suppress(OSError):
+                        if not d.listdir():
+                            root.rmdir(name)
         return removed
+
+    def prune_events(self, days: int = 90, max_bytes: int = EVENTS_MAX_BYTES) -> int:
+        """``checkpoint-events.jsonl``: drop unparsable rows, rows older than ``days`` and the
+        oldest rows past ``max_bytes`` (the reference never prunes it). Never raises."""
+        cutoff = jsutil.now_ms() - days * _DAY_MS
+
+        def fresh(row: dict[str, Any]) -> bool:
+            ts = jsutil.parse_iso_ms(row.get("timestamp"))
+            return not math.isnan(ts) and ts >= cutoff
+
+        try:
+            with self._root_dir() as d:
+                return fsutil.rewrite_jsonl(d, EVENTS_FILENAME, fresh, max_bytes=max_bytes)
+        except OSError:
+            return 0
 
     def tracked_count(self) -> int:
         """Number of session states held in memory."""
         return len(self.states)
+
+
+# ---------------------------------------------------------------- disk helpers
+
+
+def _manifest_files(d: fsutil.CheckedDir, rows: list[dict[str, Any]]) -> list[CheckpointFile]:
+    """Manifest rows whose artifact is a regular file directly in ``d`` (runtime.md §4.10)."""
+    real = d.realpath
+    accepted = {os.path.normpath(d.path), os.path.normpath(real)}
+    out: list[CheckpointFile] = []
+    for entry in rows:
+        file, trigger, created = entry.get("file"), entry.get("trigger"), entry.get("createdAt")
+        if not (isinstance(file, str) and file and isinstance(trigger, str) and trigger
+                and isinstance(created, str) and created):
+            continue
+        ts = jsutil.parse_iso_ms(created)
+        if math.isnan(ts):
+            continue
+        parent, name = os.path.split(os.path.normpath(file))
+        if parent not in accepted or not name or "\0" in name:
+            continue
+        try:
+            if not stat.S_ISREG(d.lstat(name).st_mode):
+                continue
+        except OSError:
+            continue
+        out.append(CheckpointFile(real / name, trigger, ts))
+    return out
+
+
+def _scan_root(rd: fsutil.CheckedDir, root: Path, issues: list[str]) -> tuple[int, int, int, int]:
+    """The health scan of the checkpoint root: (sessions, checkpoints, policies, bytes)."""
+    sessions = checkpoints = policies = total_bytes = 0
+    for name in sorted(rd.listdir()):
+        entry = root / name
+        try:
+            st = rd.lstat(name)
+        except OSError:
+            continue
+        if name == EVENTS_FILENAME and stat.S_ISREG(st.st_mode):
+            continue  # our own telemetry log, not a session (fixes §13.4 E)
+        if not stat.S_ISDIR(st.st_mode):
+            issues.append(f"Skipped unsafe checkpoint directory: {entry}")
+            continue
+        try:
+            d = rd.subdir(name)
+        except OSError:
+            issues.append(f"Skipped unsafe checkpoint directory: {entry}")
+            continue
+        sessions += 1
+        with d:
+            try:
+                files = sorted(d.listdir())
+            except OSError as exc:
+                issues.append(f"Could not list checkpoint directory ({exc.strerror}): {entry}")
+                continue
+            for fname in files:
+                try:
+                    fst = d.lstat(fname)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(fst.st_mode):
+                    issues.append(f"Skipped unsafe checkpoint file: {entry / fname}")
+                    continue
+                total_bytes += fst.st_size
+                if fname.endswith(".md"):
+                    checkpoints += 1
+                elif fname == STATE_FILENAME:
+                    policies += 1
+    return sessions, checkpoints, policies, total_bytes
+
+
+def _clean_session_dir(d: fsutil.CheckedDir, cutoff_ns: Fraction) -> int:
+    """Age cleanup of one session directory (caller holds its lock); returns files removed."""
+    try:
+        temps = fsutil.stale_temps(d)
+    except OSError:
+        temps = []
+    if temps:
+        committed: set[str] = set()
+        if any(target.endswith(".md") for _tmp, target in temps):
+            with contextlib.suppress(OSError):
+                for row in d.read_jsonl(MANIFEST_FILENAME, _MAX_MANIFEST_BYTES):
+                    fn = row.get("filename")
+                    if isinstance(fn, str):
+                        committed.add(fn)
+        for tmp, target in temps:
+            with contextlib.suppress(OSError):
+                if target in committed and not d.exists(target):
+                    d.rename(tmp, target)  # the capture committed (manifest row) before the kill
+                else:
+                    d.unlink(tmp)
+    removed = 0
+    try:
+        files = d.listdir()
+    except OSError:
+        return 0
+    for fname in files:
+        try:
+            st = d.lstat(fname)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime_ns < cutoff_ns:
+                d.unlink(fname)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 # ---------------------------------------------------------------- CLI

@@ -46,12 +46,12 @@ from cachetools import LRUCache
 from token_optimizer.bounded import BoundedMap
 from token_optimizer.delta_diff import compute_delta
 from token_optimizer.fsutil import (
+    CheckedDir,
     StatePaths,
-    append_no_follow,
-    atomic_write,
-    ensure_dir,
-    read_text_no_follow,
+    open_checked_dir,
+    remove_stale_temps,
     sanitize_removing,
+    trim_jsonl_tail,
 )
 from token_optimizer.jsutil import dumps_compact, js_number, js_trim, loads, now_ms
 from token_optimizer.telemetry import Telemetry, js_truthy
@@ -75,6 +75,10 @@ DIGEST_MAX_LINES = 10_000
 DIGEST_FAILURE = "(unable to generate digest)"
 MAX_REMEMBERED_AGENTS = 16
 """Agent prefixes remembered per session so compaction can clear them all."""
+DECISIONS_MAX_BYTES = 1 << 20
+"""Size cap of one decisions log: past it the oldest half of the rows is dropped."""
+HINT_SERVES_MAX_ENTRIES = 500
+"""Size cap of one hint sidecar: past it the oldest-served paths are dropped."""
 
 BINARY_EXTENSIONS = frozenset({
     ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ico", ".webp", ".svg",
@@ -210,9 +214,20 @@ class ReadCache:
 
     # ------------------------------------------------------------ settings
 
+    def _dir(self, *, create: bool = False) -> CheckedDir:
+        """``read-cache/``, reached from the state root without following a symlink.
+
+        Every file operation of the cache goes through it (reads, writes,
+        listings and unlinks): a symlink planted at the root's sub-directory,
+        ``read-cache``, ``decisions`` or a file stops it, so nothing outside
+        the state root is ever read, written or removed.
+        """
+        return open_checked_dir(self.paths.root, self.paths.read_cache, create=create)
+
     def _config(self) -> dict[str, Any]:
         try:
-            data = loads((self.paths.read_cache / "config.json").read_bytes())
+            with self._dir() as d:
+                data = loads(d.read_bytes("config.json"))
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -278,29 +293,37 @@ class ReadCache:
             p = p[1:]  # path.resolve collapses the POSIX double-slash root
         return p
 
-    def _cache_file(self, agent_id: str, session_id: str) -> Path:
+    @staticmethod
+    def _cache_name(agent_id: str, session_id: str) -> str:
         agent = sanitize_removing(agent_id or "", "default")
         sess = sanitize_removing(session_id or "", "unknown")
-        return self.paths.read_cache / f"{agent}-{sess}.json"
+        return f"{agent}-{sess}.json"
+
+    def _cache_file(self, agent_id: str, session_id: str) -> Path:
+        return self.paths.read_cache / self._cache_name(agent_id, session_id)
 
     def _load(self, agent_id: str, session_id: str) -> dict[str, Any]:
-        p = self._cache_file(agent_id, session_id)
+        name = self._cache_name(agent_id, session_id)
         try:
-            text = read_text_no_follow(p)
+            with self._dir() as d:
+                try:
+                    text = d.read_text(name)
+                except FileNotFoundError:
+                    return _empty_cache()
+                try:
+                    data = loads(text)
+                    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+                        raise ValueError("no files map")
+                except ValueError:
+                    with contextlib.suppress(OSError):
+                        d.unlink(name)
+                    return _empty_cache()
+                return data
         except FileNotFoundError:
             return _empty_cache()
         except OSError as exc:
-            log.debug("[token-optimizer] read cache unreadable (%s): %s", p, exc)
+            log.debug("[token-optimizer] read cache unreadable (%s): %s", name, exc)
             return _empty_cache()
-        try:
-            data = loads(text)
-            if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-                raise ValueError("no files map")
-        except ValueError:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-            return _empty_cache()
-        return data
 
     def _save(self, agent_id: str, session_id: str, cache: dict[str, Any]) -> None:
         files: dict[str, Any] = cache["files"]
@@ -312,18 +335,21 @@ class ReadCache:
 
             for k in sorted(files, key=last_access)[:excess]:
                 del files[k]
-        ensure_dir(self.paths.read_cache, base=self.paths.read_cache)
-        atomic_write(self._cache_file(agent_id, session_id), dumps_compact(cache), durable=False)
+        with self._dir(create=True) as d:
+            d.atomic_write(self._cache_name(agent_id, session_id), dumps_compact(cache), durable=False)
 
     def _log_decision(self, decision: str, file_path: str, reason: str, session_id: str) -> None:
         # Unlike the reference, a decisions directory that cannot be created
         # does not abort the handler: logging must not change the decision.
         try:
-            ensure_dir(self.paths.decisions, base=self.paths.read_cache)
             sess = sanitize_removing(session_id or "", "unknown")
             row = {"ts": now_ms() / 1000, "decision": decision, "file": file_path,
                    "reason": reason, "session": session_id}
-            append_no_follow(self.paths.decisions / f"{sess}.jsonl", dumps_compact(row) + "\n")
+            line = dumps_compact(row) + "\n"
+            with self._dir(create=True) as rc, rc.subdir("decisions", create=True) as d:
+                size = d.append(f"{sess}.jsonl", line)
+                if size + len(line) > DECISIONS_MAX_BYTES:
+                    trim_jsonl_tail(d, f"{sess}.jsonl", DECISIONS_MAX_BYTES // 2, durable=False)
         except Exception as exc:
             log.debug("[token-optimizer] read decision not logged: %s", exc)
 
@@ -547,18 +573,23 @@ class ReadCache:
                 suffix = f"-{sess}.json"
                 agents = {sanitize_removing(agent_id or "", "default"), "default", "unknown"}
                 agents.update(self._agents.get(sess) or ())
-                with contextlib.suppress(OSError):
-                    for name in os.listdir(self.paths.read_cache):
-                        if name.endswith(suffix):
-                            prefix = name[: -len(suffix)]
-                            if prefix and "-" not in prefix:
-                                agents.add(prefix)
-                for agent in agents:
-                    with contextlib.suppress(OSError):
-                        os.unlink(self.paths.read_cache / f"{agent}{suffix}")
-                with contextlib.suppress(OSError):
-                    os.unlink(self.paths.decisions / f"{sess}.jsonl")
                 self._agents.discard(sess)
+                try:
+                    d = self._dir()
+                except FileNotFoundError:
+                    return
+                with d:
+                    with contextlib.suppress(OSError):
+                        for name in d.listdir():
+                            if name.endswith(suffix):
+                                prefix = name[: -len(suffix)]
+                                if prefix and "-" not in prefix:
+                                    agents.add(prefix)
+                    for agent in agents:
+                        with contextlib.suppress(OSError):
+                            d.unlink(f"{agent}{suffix}")
+                    with contextlib.suppress(OSError), d.subdir("decisions") as dec:
+                        dec.unlink(f"{sess}.jsonl")
         except Exception as exc:
             log.warning("[token-optimizer] read cache clear failed: %s", exc)
 
@@ -569,22 +600,27 @@ class ReadCache:
         """
         try:
             suffix = f"-{sanitize_removing(session_id or '', 'unknown')}.json"
+            entries: list[dict[str, Any]] = []
             try:
-                names = sorted(n for n in os.listdir(self.paths.read_cache) if n.endswith(suffix))
+                d = self._dir()
             except OSError:
                 return 0
-            entries: list[dict[str, Any]] = []
-            for name in names:
+            with d:
                 try:
-                    data = loads(read_text_no_follow(self.paths.read_cache / name))
-                except (OSError, ValueError):
-                    continue
-                files = data.get("files") if isinstance(data, dict) else None
-                if not isinstance(files, dict):
-                    continue
-                for e in files.values():
-                    if isinstance(e, dict) and _num(e.get("readCount"), 0) >= ACTIVE_READ_MIN_COUNT:
-                        entries.append(e)
+                    names = sorted(n for n in d.listdir() if n.endswith(suffix))
+                except OSError:
+                    return 0
+                for name in names:
+                    try:
+                        data = loads(d.read_text(name))
+                    except (OSError, ValueError):
+                        continue
+                    files = data.get("files") if isinstance(data, dict) else None
+                    if not isinstance(files, dict):
+                        continue
+                    for e in files.values():
+                        if isinstance(e, dict) and _num(e.get("readCount"), 0) >= ACTIVE_READ_MIN_COUNT:
+                            entries.append(e)
             entries.sort(key=lambda e: _num(e.get("lastAccess"), 0), reverse=True)
             total = sum(_num(e.get("tokensEst"), 0) for e in entries[:ACTIVE_READ_MAX_FILES])
             return int(min(ACTIVE_READ_TOKEN_CAP, total))
@@ -594,27 +630,40 @@ class ReadCache:
 
     # ------------------------------------------------------------ hint follow-through
 
+    @staticmethod
+    def _hint_name(session_id: str) -> str:
+        return f"hint-serves-{sanitize_removing(session_id, 'unknown')}.json"
+
     def _hint_file(self, session_id: str) -> Path:
-        return self.paths.read_cache / f"hint-serves-{sanitize_removing(session_id, 'unknown')}.json"
+        return self.paths.read_cache / self._hint_name(session_id)
 
     def _load_hints(self, session_id: str) -> dict[str, Any]:
-        p = self._hint_file(session_id)
+        name = self._hint_name(session_id)
         try:
-            text = read_text_no_follow(p)
+            with self._dir() as d:
+                text = d.read_text(name)
+                try:
+                    data = loads(text)
+                except ValueError:
+                    with contextlib.suppress(OSError):
+                        d.unlink(name)
+                    return {}
         except OSError:
-            return {}
-        try:
-            data = loads(text)
-        except ValueError:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
             return {}
         return data if isinstance(data, dict) else {}
 
     def _save_hints(self, session_id: str, serves: dict[str, Any]) -> None:
         try:
-            ensure_dir(self.paths.read_cache, base=self.paths.read_cache)
-            atomic_write(self._hint_file(session_id), dumps_compact(serves), durable=False)
+            excess = len(serves) - HINT_SERVES_MAX_ENTRIES
+            if excess > 0:
+                def served(k: str) -> float:
+                    e = serves[k]
+                    return _num(e.get("servedAt"), 0) if isinstance(e, dict) else 0
+
+                for k in sorted(serves, key=served)[:excess]:
+                    del serves[k]
+            with self._dir(create=True) as d:
+                d.atomic_write(self._hint_name(session_id), dumps_compact(serves), durable=False)
         except Exception as exc:
             log.debug("[token-optimizer] hint sidecar not saved: %s", exc)
 
@@ -659,6 +708,18 @@ class ReadCache:
         except Exception as exc:
             log.debug("[token-optimizer] hint credit failed: %s", exc)
             return False
+
+    def remove_stale_temps(self) -> int:
+        """Start-up: temp files of dead or wedged writers in ``read-cache/``. Never raises."""
+        removed = 0
+        try:
+            with self._dir() as d:
+                removed += remove_stale_temps(d)
+                with contextlib.suppress(OSError), d.subdir("decisions") as dec:
+                    removed += remove_stale_temps(dec)
+        except OSError:
+            pass
+        return removed
 
     # ------------------------------------------------------------ memory
 

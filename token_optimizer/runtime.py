@@ -159,6 +159,8 @@ class TokenOptimizer:
         """session id -> the checkpoint captured for its latest compaction."""
         self.deferred: BoundedSet[str] = BoundedSet("deferred_decisions")
         """Sessions with a decision held back by a cooldown (re-checked on later events)."""
+        self.peak_fill: BoundedMap[str, float] = BoundedMap("peak_fill")
+        """session id -> the highest fill seen (a crossed band stays due after a drop)."""
         self.fanout_seen: BoundedSet[str] = BoundedSet("fanout_pending")
         """Sessions that spawned helpers but whose pre-fanout checkpoint is not taken yet."""
         self.awaiting_ack: BoundedMap[str, PendingRestore] = BoundedMap("restores_awaiting_ack")
@@ -323,13 +325,20 @@ class TokenOptimizer:
             elif ctx is not None and ctx.fill_pct is not None and ctx.quality_score is not None:
                 self.policy.mark_evaluated(session_id)
                 snap = Snapshot(ctx.fill_pct, ctx.quality_score, ctx.context_window or 0)
+                peak = self._note_peak(session_id, ctx.fill_pct)
                 # one decision per evaluation; a final one takes every band still due
                 for _ in range(len(FILL_BANDS) + len(QUALITY_THRESHOLDS) if final else 1):
-                    decision = self.policy.decide_snapshot(session_id, snap, ignore_cooldown=final)
+                    decision = self.policy.decide_snapshot(session_id, snap, ignore_cooldown=final,
+                                                           peak_fill=peak)
                     if not self._capture_decision(decision, ctx):
                         break
         if not final and self._due(session_id, ctx):
             self.deferred.add(session_id)
+
+    def _note_peak(self, session_id: str, fill: float) -> float:
+        peak = max(fill, self.peak_fill.get(session_id) or 0.0)
+        self.peak_fill.set(session_id, peak)
+        return peak
 
     def _due(self, session_id: str, ctx: _EventContext | None) -> bool:
         """Is a decision still waiting for a cooldown to pass?"""
@@ -340,7 +349,8 @@ class TokenOptimizer:
         if ctx is None or ctx.fill_pct is None or ctx.quality_score is None or not ctx.has_usage:
             return False
         return self.policy.snapshot_due(
-            session_id, Snapshot(ctx.fill_pct, ctx.quality_score, ctx.context_window or 0))
+            session_id, Snapshot(ctx.fill_pct, ctx.quality_score, ctx.context_window or 0),
+            self.peak_fill.get(session_id))
 
     def _recheck(self, session_id: str | None, agent_id: str | None, event_kind: str) -> None:
         """On any event of a session with held-back decisions, try them again."""
@@ -363,6 +373,10 @@ class TokenOptimizer:
             if d > 0:
                 self._log("info", f"pruned {d} compression telemetry events older than "
                                   f"{TELEMETRY_MAX_AGE_DAYS} days")
+            self.telemetry.prune_savings_events(TELEMETRY_MAX_AGE_DAYS)
+            self.policy.prune_events(TELEMETRY_MAX_AGE_DAYS)
+            self.telemetry.remove_stale_temps()
+            self.read_cache.remove_stale_temps()
         return self._run("gateway_start", body)
 
     def gateway_stop(self) -> HookOutcome:
@@ -575,6 +589,12 @@ class TokenOptimizer:
             # The real host's manual path sends no messages: use what the ledger saw.
             messages = self.ledger.recent_messages(sid)
         snap = self._event_context(sid, ev.ident.agent_id, "compact-before")
+        # What is due is taken now, whatever the cooldowns: after the compaction the
+        # context it would describe is gone.
+        try:
+            self._evaluate(sid, ev.ident.agent_id, "compact-before", snap, final=True)
+        except Exception as exc:
+            self._log("warn", f"checkpoint evaluation before compaction failed: {exc}")
         usable = snap is not None and snap.has_usage
         res = self.store.capture(
             sid, messages, trigger="compact", event_kind="compact-before",
@@ -751,6 +771,7 @@ class TokenOptimizer:
         self.compaction_checkpoints.discard(session_id)
         self.deferred.discard(session_id)
         self.fanout_seen.discard(session_id)
+        self.peak_fill.discard(session_id)
         prefix = f"checkpoint-restore:{key}:"
         for idem in self.accepted_restores:
             if idem.startswith(prefix):
@@ -778,6 +799,7 @@ class TokenOptimizer:
             "compaction_checkpoint": self.compaction_checkpoints,
             "deferred_decisions": self.deferred,
             "fanout_pending": self.fanout_seen,
+            "peak_fill": self.peak_fill,
             "restores_awaiting_ack": self.awaiting_ack,
             "session_index_pending": self.index._pending,
             "read_cache_agents": self.read_cache._agents,

@@ -4,9 +4,12 @@ Three small stores under the state root (runtime.md §2.11, §9, §10;
 analysis.md §7.1):
 
 * ``savings-events.jsonl`` -- append-only ledger of tokens the plugin saved
-  (restored checkpoints, followed hints, fresh-session nudges ...).
+  (restored checkpoints, followed hints, fresh-session nudges ...), pruned to
+  90 days and :data:`SAVINGS_MAX_BYTES` at gateway start (the reference never
+  prunes it).
 * ``compression-events.jsonl`` -- one row per delta read / structure map /
-  other compression, pruned to 90 days at gateway start.
+  other compression, pruned to 90 days (and :data:`COMPRESSION_MAX_BYTES`)
+  at gateway start.
 * ``v5-features.json`` -- on/off state of the v5 compression features,
   re-read on every query so a CLI toggle applies to a running gateway.
 
@@ -17,7 +20,6 @@ never reaches the caller.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import sys
@@ -25,12 +27,12 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from token_optimizer.fsutil import (
+    CheckedDir,
     StatePaths,
-    append_no_follow,
-    atomic_write,
-    ensure_dir,
-    read_text_no_follow,
+    open_checked_dir,
+    remove_stale_temps,
     resolve_paths,
+    rewrite_jsonl,
 )
 from token_optimizer.jsutil import (
     dumps_compact,
@@ -38,7 +40,6 @@ from token_optimizer.jsutil import (
     iso_now,
     js_number,
     js_round,
-    js_trim,
     loads,
     now_ms,
     parse_iso_ms,
@@ -53,6 +54,10 @@ MAX_DETAIL_LEN = 200
 SUMMARY_DAYS = 30
 PRUNE_DAYS = 90
 DAY_MS = 86_400_000
+SAVINGS_MAX_BYTES = 16 << 20
+"""Size cap of ``savings-events.jsonl`` at prune time (newest rows kept)."""
+COMPRESSION_MAX_BYTES = 16 << 20
+"""Size cap of ``compression-events.jsonl`` at prune time (newest rows kept)."""
 WELCOME_VERSION = "2.3.0"
 """Version tag of the CLI's first-run welcome marker (``welcome_<version>``)."""
 
@@ -168,11 +173,30 @@ class Telemetry:
 
     # ------------------------------------------------------------ shared
 
-    def _prepare_root(self) -> None:
-        # Creation failures are ignored; the append then fails on its own if
-        # the directory really is unusable.
-        with contextlib.suppress(OSError):
-            ensure_dir(self.paths.root)
+    def _root(self, *, create: bool = False) -> CheckedDir:
+        """The state root itself (a real directory); every file here goes through it."""
+        return open_checked_dir(self.paths.root, self.paths.root, create=create)
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        with self._root(create=True) as d:
+            d.append(name, dumps_compact(row) + "\n")
+
+    def _prune(self, name: str, days: float, max_bytes: int) -> int:
+        """Drop unparsable rows, rows older than ``days`` and the oldest rows past ``max_bytes``."""
+        try:
+            cutoff = now_ms() - days * DAY_MS
+
+            def fresh(row: dict[str, Any]) -> bool:
+                ts = parse_iso_ms(row.get("timestamp"))
+                return not math.isnan(ts) and ts >= cutoff
+
+            with self._root() as d:
+                return rewrite_jsonl(d, name, fresh, max_bytes=max_bytes)
+        except FileNotFoundError:
+            return 0
+        except Exception as exc:
+            log.debug("[token-optimizer] %s prune failed: %s", name, exc)
+            return 0
 
     # ------------------------------------------------------------ savings
 
@@ -191,8 +215,7 @@ class Telemetry:
                 "session_id": session_id if session_id else None,
                 "detail": _cut_detail(detail),
             }
-            self._prepare_root()
-            append_no_follow(self.paths.savings_log, dumps_compact(row) + "\n")
+            self._append(self.paths.savings_log.name, row)
         except Exception as exc:  # best effort by contract
             log.debug("[token-optimizer] savings event not recorded: %s", exc)
 
@@ -229,8 +252,7 @@ class Telemetry:
                 "verified": 1 if verified else 0,
                 "detail": _cut_detail(detail),
             }
-            self._prepare_root()
-            append_no_follow(self.paths.compression_log, dumps_compact(row) + "\n")
+            self._append(self.paths.compression_log.name, row)
             return True
         except Exception as exc:
             log.debug("[token-optimizer] compression event not recorded: %s", exc)
@@ -240,23 +262,15 @@ class Telemetry:
         """Compression rows whose timestamp is within the last ``days`` days."""
         out: list[dict[str, Any]] = []
         try:
-            text = read_text_no_follow(self.paths.compression_log)
+            with self._root() as d:
+                rows = d.read_jsonl(self.paths.compression_log.name)
         except FileNotFoundError:
             return out
         except OSError as exc:
             log.debug("[token-optimizer] compression log unreadable: %s", exc)
             return out
         cutoff = now_ms() - days * DAY_MS
-        for line in text.split("\n"):
-            line = js_trim(line)
-            if not line:
-                continue
-            try:
-                row = loads(line)
-            except ValueError:
-                continue
-            if not isinstance(row, dict):
-                continue
+        for row in rows:
             ts = parse_iso_ms(row.get("timestamp"))
             if math.isnan(ts) or ts < cutoff:
                 continue
@@ -305,46 +319,29 @@ class Telemetry:
             "period_days": days,
         }
 
-    def prune_old_events(self, days: int = PRUNE_DAYS) -> int:
-        """Drop unparsable rows and rows older than ``days``; returns how many were dropped."""
-        path = self.paths.compression_log
+    def prune_old_events(self, days: int = PRUNE_DAYS, max_bytes: int = COMPRESSION_MAX_BYTES) -> int:
+        """Compression log: drop unparsable rows, rows older than ``days`` and the
+        oldest rows past ``max_bytes``; returns how many were dropped."""
+        return self._prune(self.paths.compression_log.name, days, max_bytes)
+
+    def prune_savings_events(self, days: int = PRUNE_DAYS, max_bytes: int = SAVINGS_MAX_BYTES) -> int:
+        """Savings ledger: the same bound as the compression log (the reference keeps it forever)."""
+        return self._prune(self.paths.savings_log.name, days, max_bytes)
+
+    def remove_stale_temps(self) -> int:
+        """Start-up: temp files of dead or wedged writers in the state root. Never raises."""
         try:
-            text = read_text_no_follow(path)
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            log.debug("[token-optimizer] compression log unreadable: %s", exc)
-            return 0
-        try:
-            cutoff = now_ms() - days * DAY_MS
-            kept: list[str] = []
-            dropped = 0
-            for raw in text.split("\n"):
-                line = js_trim(raw)
-                if not line:
-                    continue
-                try:
-                    row = loads(line)
-                except ValueError:
-                    dropped += 1
-                    continue
-                ts = parse_iso_ms(row.get("timestamp")) if isinstance(row, dict) else math.nan
-                if math.isnan(ts) or ts < cutoff:
-                    dropped += 1
-                    continue
-                kept.append(line)
-            data = "\n".join(kept) + "\n" if kept else ""
-            atomic_write(path, data)
-            return dropped
-        except Exception as exc:
-            log.debug("[token-optimizer] compression log prune failed: %s", exc)
+            with self._root() as d:
+                return remove_stale_temps(d)
+        except OSError:
             return 0
 
     # ------------------------------------------------------------ v5 switches
 
     def _read_v5_state(self) -> dict[str, Any]:
         try:
-            text = read_text_no_follow(self.paths.v5_features)
+            with self._root() as d:
+                text = d.read_text(self.paths.v5_features.name)
         except OSError:
             return {}
         try:
@@ -355,8 +352,8 @@ class Telemetry:
 
     def _write_v5_state(self, state: dict[str, Any]) -> None:
         try:
-            self._prepare_root()
-            atomic_write(self.paths.v5_features, dumps_pretty(state))
+            with self._root(create=True) as d:
+                d.atomic_write(self.paths.v5_features.name, dumps_pretty(state))
         except Exception as exc:
             log.debug("[token-optimizer] v5 feature state not saved: %s", exc)
 
