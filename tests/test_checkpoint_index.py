@@ -119,7 +119,7 @@ def test_two_instances_share_one_index(paths: StatePaths) -> None:
     assert len(rows(a)) == 1
     write(paths, "s1", age_ms=10, name="later.md")
     a.note_capture("s1")
-    assert [Path(r[0]).name for r in rows(b)][0] == "later.md"
+    assert next(Path(r[0]).name for r in rows(b)) == "later.md"
     assert b.db_path.exists() and b.db_path == a.db_path
 
 
