@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from token_optimizer.config import (
     ENV_SESSION_STORE_MAX_AGE_DAYS,
     Config,
 )
-from token_optimizer.fsutil import StatePaths, sanitize_checkpoint_id
+from token_optimizer.fsutil import StatePaths, resolve_paths, sanitize_checkpoint_id
 from token_optimizer.jsutil import iso_from_ms
 from token_optimizer.session_index import README_KEY, SessionIndex
 
@@ -39,16 +41,41 @@ def iso(seconds: float) -> str:
 
 
 def write_index(paths: StatePaths, entries: dict[str, Any]) -> None:
+    """Seed through a legacy ``session-index.json``, imported at once into the database."""
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.session_index.write_text(json.dumps({README_KEY: "x", **entries}))
+    seeded = SessionIndex(paths, clock=Clock())
+    len(seeded)
+    seeded.close()
 
 
 def entry(sid: str, *, created: float, updated: float, **kw: Any) -> dict[str, Any]:
     return {"session_id": sid, "created_at": iso(created), "updated_at": iso(updated), **kw}
 
 
+def db_path(paths: StatePaths) -> Path:
+    return paths.root / si.DB_NAME
+
+
 def on_disk(paths: StatePaths) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(paths.session_index.read_text())
+    """What another process reads from the database: the README first, then the entries."""
+    con = sqlite3.connect(f"file:{db_path(paths)}?mode=ro", uri=True)
+    try:
+        data: dict[str, Any] = {README_KEY: con.execute("SELECT text FROM _README").fetchone()[0]}
+        for key, sid, created, updated, susp, platform, agent, extra in con.execute(
+            "SELECT key, session_id, created_at, updated_at, suspended, platform, agent, extra "
+            "FROM entries ORDER BY rowid"
+        ):
+            e: dict[str, Any] = {"session_key": key, "session_id": sid, "created_at": created,
+                                 "updated_at": updated, "suspended": bool(susp)}
+            e.update({k: v for k, v in json.loads(extra or "{}").items() if k not in e})
+            if platform is not None:
+                e["platform"] = platform
+            if agent is not None:
+                e["agent"] = agent
+            data[key] = e
+    finally:
+        con.close()
     return data
 
 
@@ -104,14 +131,11 @@ def test_cutoff_boundary(paths: StatePaths) -> None:
 @pytest.mark.parametrize("days", [0, -1, -90])
 def test_zero_and_negative_disable(paths: StatePaths, days: int) -> None:
     write_index(paths, {"k": entry("s", created=T0 - 900 * DAY, updated=T0 - 900 * DAY)})
-    before = os.stat(paths.session_index)
     idx = make(paths)
     assert idx.prune_old_entries(days) == 0
     assert idx.prune_candidates(days) == []
     assert "k" in idx.entries()
-    after = os.stat(paths.session_index)
-    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
-    assert idx.flush_count == 0
+    assert idx.write_count == 0
 
 
 def test_suspended_entries_survive(paths: StatePaths) -> None:
@@ -235,22 +259,6 @@ def test_callback_assignable_after_construction(paths: StatePaths) -> None:
     assert idx.prune_old_entries(90) == 0
 
 
-def test_no_write_when_nothing_removed(paths: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_index(paths, {"k": entry("s", created=T0 - 10 * DAY, updated=T0 - 10 * DAY)})
-    before = os.stat(paths.session_index)
-    idx = make(paths)
-    writes: list[Path] = []
-    real = si.atomic_write  # type: ignore[attr-defined]
-
-    def spy(p: Path, d: Any, *a: Any, **k: Any) -> None:
-        writes.append(p)
-        real(p, d, *a, **k)
-
-    monkeypatch.setattr(si, "atomic_write", spy)
-    assert idx.prune_old_entries(90) == 0
-    assert idx.prune_old_entries(1) == 1  # sanity: the patched writer is the one used
-    assert writes == [paths.session_index]
-    assert before.st_ino != os.stat(paths.session_index).st_ino
 
 
 def test_file_on_disk_reflects_post_prune_state(paths: StatePaths) -> None:
@@ -269,7 +277,7 @@ def test_file_on_disk_reflects_post_prune_state(paths: StatePaths) -> None:
     assert raw["keep"]["session_id"] == "s1"
     assert raw["keep"]["platform"] == "telegram"
     assert set(SessionIndex(paths).entries()) == {"keep"}
-    assert oct(paths.session_index.stat().st_mode & 0o777) == "0o600"
+    assert oct(db_path(paths).stat().st_mode & 0o777) == "0o600"
 
 
 def test_pruned_key_gets_a_fresh_session_later(paths: StatePaths) -> None:
@@ -485,8 +493,9 @@ def test_maybe_prune_hourly_gate(paths: StatePaths) -> None:
     idx = make(paths, clock)
     assert idx.maybe_prune(90, now=T0) == 1  # first tick prunes immediately
     # a new expired entry appears (e.g. imported); ticks within the hour do not prune
+    clock.t = T0 - 100 * DAY
     idx.touch("b", "s2")
-    idx._entries["b"].updated_s = T0 - 100 * DAY
+    clock.t = T0
     assert idx.maybe_prune(90, now=T0 + 60) is None
     assert idx.maybe_prune(90, now=T0 + 3599) is None
     assert "b" in idx.entries()
@@ -516,28 +525,6 @@ def test_maybe_prune_disabled_still_gated(paths: StatePaths) -> None:
 # ---------------------------------------------------------------- §4 file format
 
 
-def test_readme_is_first_key_and_never_an_entry(paths: StatePaths) -> None:
-    idx = make(paths)
-    idx.touch("k1", "s1", platform="discord")
-    idx.touch("k2", "s2")
-    idx.close()
-    raw_text = paths.session_index.read_text()
-    raw = json.loads(raw_text)
-    assert next(iter(raw)) == README_KEY
-    assert raw_text.lstrip().startswith('{\n  "_README": ')
-    readme = raw[README_KEY]
-    assert "routing index" in readme and "NOT the list of all sessions" in readme
-    assert "state.db" in readme and "sessions/" in readme
-    again = SessionIndex(paths)
-    assert set(again.entries()) == {"k1", "k2"}
-    assert README_KEY not in again.entries()
-    assert again.get(README_KEY) is None
-    assert again.entries()["k1"]["platform"] == "discord"
-    # a second save keeps exactly one sentinel, first
-    again.touch("k3", "s3")
-    again.close()
-    raw2 = on_disk(paths)
-    assert list(raw2) == [README_KEY, "k1", "k2", "k3"]
 
 
 def test_load_skips_underscore_keys_and_non_objects(
@@ -602,32 +589,8 @@ def test_corrupt_file_is_kept_aside_not_lost(paths: StatePaths) -> None:
     assert list(on_disk(paths)) == [README_KEY, "k"]
 
 
-def test_symlinked_index_is_refused(
-    paths: StatePaths, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    target = tmp_path / "target.json"
-    target.write_text(json.dumps({"evil": entry("x", created=T0, updated=T0)}))
-    paths.root.mkdir(parents=True)
-    paths.session_index.symlink_to(target)
-    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
-        idx = make(paths)
-        assert idx.entries() == {}
-        assert idx.touch("k", "s") is None
-        idx.close()  # the full write is refused...
-    assert set(after_crash(paths)) == {"k"}  # ...but the journal keeps the entry
-    assert "evil" in target.read_text() and '"k"' not in target.read_text()
-    assert paths.session_index.is_symlink()
-    assert any("failed" in r.getMessage() for r in caplog.records)
 
 
-def test_file_mode_and_atomic_no_temp_left(paths: StatePaths) -> None:
-    idx = make(paths)
-    idx.touch("k", "s")
-    assert journal(paths).stat().st_mode & 0o777 == 0o600
-    assert [p.name for p in paths.root.iterdir()] == [si.JOURNAL_NAME]
-    idx.close()
-    assert paths.session_index.stat().st_mode & 0o777 == 0o600
-    assert [p.name for p in paths.root.iterdir()] == ["session-index.json"]
 
 
 # ---------------------------------------------------------------- §5 lazy creation
@@ -652,9 +615,8 @@ def test_handshake_only_sessions_leave_nothing_on_disk(paths: StatePaths) -> Non
         "platform": "web",
         "persisted": False,
     }
-    # one real message: exactly one entry, durable at once (one journal line)
+    # one real message: exactly one entry, visible to another process at once
     idx.touch("agent:main:web:dm:7", "sid-7")
-    assert [r["key"] for r in journal_lines(paths)] == ["agent:main:web:dm:7"]
     assert list(after_crash(paths)) == ["agent:main:web:dm:7"]
     idx.close()
     raw = on_disk(paths)
@@ -662,7 +624,8 @@ def test_handshake_only_sessions_leave_nothing_on_disk(paths: StatePaths) -> Non
     assert raw["agent:main:web:dm:7"]["platform"] == "web"
     assert "persisted" not in raw["agent:main:web:dm:7"]
     assert not any("persist" in k or "pending" in k for k in raw["agent:main:web:dm:7"])
-    assert sorted(p.name for p in paths.root.iterdir()) == ["session-index.json"]
+    names = {p.name for p in paths.root.iterdir()}
+    assert si.DB_NAME in names and names <= {si.DB_NAME + s for s in ("", "-wal", "-shm")}
 
 
 def test_pending_marks_are_bounded(paths: StatePaths, small_cap: int) -> None:
@@ -672,51 +635,20 @@ def test_pending_marks_are_bounded(paths: StatePaths, small_cap: int) -> None:
     assert idx.pending_count() == small_cap
 
 
-def test_failed_deferred_write_is_warned_and_retried(
-    paths: StatePaths, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The journal cannot be appended to, so the whole index is written instead,
-    # and that fails once too: the entry is retried on the next message.
-    idx = make(paths, flush_interval_s=3600)
-    real = si.atomic_write  # type: ignore[attr-defined]
-    fail = {"n": 1}
-
-    def flaky(p: Path, d: Any, *a: Any, **k: Any) -> None:
-        if fail["n"]:
-            fail["n"] -= 1
-            raise OSError("disk full")
-        real(p, d, *a, **k)
-
-    def no_journal(p: Path, d: bytes) -> bool:
-        raise OSError("journal disk full")
-
-    monkeypatch.setattr(si, "atomic_write", flaky)
-    monkeypatch.setattr(si, "_append_durable", no_journal)
-    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
-        idx.touch("k", "s")
-    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("journal disk full" in r.getMessage() for r in warned)
-    assert any(
-        "session index write" in r.getMessage() and "disk full" in r.getMessage() for r in warned
-    )
-    assert not paths.session_index.exists()
-    idx.touch("k", "s")  # next message retries (despite the long flush interval)
-    assert list(on_disk(paths)) == [README_KEY, "k"]
 
 
 def test_reset_defers_the_write_and_reports_rotation_once(paths: StatePaths) -> None:
     clock = Clock()
     idx = make(paths, clock, flush_interval_s=3600)
     assert idx.touch("lane", "s1") is None
-    first = journal(paths).read_bytes()
+    first = on_disk(paths)
     clock.t += 10
     # /new: a session_start with a new id under the same key -> no write yet
     idx.note_session("lane", "s2")
     assert (
         idx.touch("lane", "s2", real_message=False) is None
     )  # already reported? no: first report below
-    assert journal(paths).read_bytes() == first
-    assert not paths.session_index.exists()
+    assert on_disk(paths) == first
     assert idx.get("lane")["persisted"] is False  # type: ignore[index]
     clock.t += 10
     assert idx.touch("lane", "s2") is None  # rotation was seen on the transient mark
@@ -761,25 +693,6 @@ def test_bad_input_is_ignored(paths: StatePaths) -> None:
 # ---------------------------------------------------------------- coalesced writes
 
 
-def test_touches_are_coalesced(paths: StatePaths) -> None:
-    clock = Clock()
-    idx = make(paths, clock)
-    idx.touch("k", "s")
-    # new entry: one journal line at once, no index rewrite
-    assert (idx.flush_count, idx.journal_count) == (0, 1)
-    st = os.stat(journal(paths))
-    for i in range(1, 500):
-        clock.t = T0 + i * 0.05
-        idx.touch("k", "s")
-    assert (idx.flush_count, idx.journal_count) == (0, 1)
-    assert os.stat(journal(paths)).st_size == st.st_size
-    assert not paths.session_index.exists()
-    assert after_crash(paths)["k"]["updated_at"] == iso(T0)
-    clock.t = T0 + 31
-    idx.touch("k", "s")
-    assert idx.flush_count == 1
-    assert on_disk(paths)["k"]["updated_at"] == iso(T0 + 31)
-    assert not journal(paths).exists()
 
 
 def test_crash_loses_only_updated_at_never_an_entry(paths: StatePaths) -> None:
@@ -800,37 +713,6 @@ def test_crash_loses_only_updated_at_never_an_entry(paths: StatePaths) -> None:
     assert iso(clock.t - survivor.flush_interval_s) <= stale <= iso(clock.t)
 
 
-def test_session_end_and_close_flush(paths: StatePaths) -> None:
-    clock = Clock()
-    idx = make(paths, clock)
-    idx.touch("k", "s")
-    clock.t += 3
-    idx.touch("k", "s")
-    idx.note_session("other", "o")
-    idx.end_session("k")
-    assert on_disk(paths)["k"]["updated_at"] == iso(T0 + 3)
-    n = idx.flush_count
-    idx.close()  # nothing dirty: no write
-    assert idx.flush_count == n
-    clock.t += 3
-    idx.touch("k", "s")
-    idx.close()
-    assert on_disk(paths)["k"]["updated_at"] == iso(T0 + 6)
-    idx.end_session("other")
-    assert idx.get("other") is None
-
-
-def test_tick_flushes_when_due(paths: StatePaths) -> None:
-    clock = Clock()
-    idx = make(paths, clock)
-    idx.touch("k", "s")
-    clock.t += 1
-    idx.touch("k", "s")
-    idx.tick()
-    assert idx.flush_count == 0  # the new entry went to the journal; nothing due yet
-    clock.t += 40
-    idx.maybe_prune(90)  # hook-driven tick also flushes when due
-    assert on_disk(paths)["k"]["updated_at"] == iso(T0 + 1)
 
 
 def test_heartbeat_does_not_refresh_activity(paths: StatePaths) -> None:
@@ -846,115 +728,13 @@ def test_heartbeat_does_not_refresh_activity(paths: StatePaths) -> None:
 # ---------------------------------------------------------------- journal (urgent changes)
 
 
-def test_new_entries_rotation_suspension_survive_a_crash_via_journal(
-    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    write_index(paths, {"old": entry("o1", created=T0 - DAY, updated=T0 - DAY, note="x")})
-    before = paths.session_index.read_bytes()
-    writes: list[Path] = []
-    real = si.atomic_write  # type: ignore[attr-defined]
-
-    def spy(p: Path, d: Any, *a: Any, **k: Any) -> None:
-        writes.append(p)
-        real(p, d, *a, **k)
-
-    monkeypatch.setattr(si, "atomic_write", spy)
-    clock = Clock()
-    idx = make(paths, clock)
-    for i in range(50):
-        clock.t += 0.1
-        idx.touch(f"new-{i}", f"n{i}", platform="discord", agent="ops")
-    idx.touch("old", "o2")  # rotation of a loaded entry
-    idx.set_suspended("new-3", True)
-    idx.touch("new-4", "n4", platform="slack")  # label change
-    assert writes == [] and idx.flush_count == 0  # no full rewrite on the message path
-    assert idx.journal_count == 53
-    assert paths.session_index.read_bytes() == before
-    got = after_crash(paths, clock)
-    assert list(got) == ["old", *(f"new-{i}" for i in range(50))]
-    assert got == idx.entries()
-    assert got["old"]["session_id"] == "o2" and got["old"]["note"] == "x"
-    assert got["new-3"]["suspended"] is True
-    assert got["new-4"]["platform"] == "slack" and got["new-4"]["agent"] == "ops"
-    lines = journal_lines(paths)
-    assert lines[0] == {"op": "put", "key": "new-0", "entry": idx.entries()["new-0"]}
-    assert all(b"\n" not in json.dumps(r).encode() for r in lines)  # one compact line each
-
-
-def test_recovered_journal_is_absorbed_by_the_next_flush(paths: StatePaths) -> None:
-    clock = Clock()
-    idx = make(paths, clock)
-    idx.touch("a", "s1")
-    idx.touch("b", "s2")
-    del idx  # crash
-    again = make(paths, clock)
-    assert set(again.entries()) == {"a", "b"}
-    assert journal(paths).exists()
-    again.close()  # the replayed state is written out and the journal removed
-    assert set(on_disk(paths)) == {README_KEY, "a", "b"}
-    assert not journal(paths).exists()
-    assert set(after_crash(paths)) == {"a", "b"}
-
-
-def test_journal_reset_after_flush_and_replay_is_idempotent(
-    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = Clock()
-    idx = make(paths, clock)
-    idx.touch("a", "s1")
-    idx.set_suspended("a", True)
-    idx.touch("b", "s2")
-    assert len(journal_lines(paths)) == 3
-    clock.t += 20
-    idx.touch("a", "s1")  # coalesced: only in memory
-    idx.end_session()
-    assert not journal(paths).exists()  # the flush wrote the index, then dropped the journal
-    assert on_disk(paths)["a"]["updated_at"] == iso(T0 + 20)
-    # The next urgent change starts a fresh journal.
-    idx.touch("c", "s3")
-    assert [r["key"] for r in journal_lines(paths)] == ["c"]
-
-    # Crash between the index write and the journal removal: the old lines
-    # are replayed over an index that already holds them.
-    stale = journal(paths).read_bytes()
-    clock.t += 10
-    idx.touch("c", "s3")
-    idx.flush()
-    assert not journal(paths).exists()
-    journal(paths).write_bytes(stale)
-    got = after_crash(paths, clock)
-    assert got == idx.entries()
-    assert got["c"]["updated_at"] == iso(T0 + 30)  # not moved back to the line's T0 + 20
-
-
-def test_torn_last_journal_line_is_skipped_and_appends_continue(
-    paths: StatePaths, caplog: pytest.LogCaptureFixture
-) -> None:
-    clock = Clock()
-    idx = make(paths, clock)
-    idx.touch("a", "s1")
-    idx.touch("b", "s2")
-    # A crash in the middle of the third append leaves half a line.
-    with journal(paths).open("ab") as f:
-        f.write(b'{"op":"put","key":"c","entry":{"session_id":"s3","crea')
-    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
-        again = make(paths, clock)
-    assert set(again.entries()) == {"a", "b"}
-    msgs = [r.getMessage() for r in caplog.records]
-    assert any("torn last line 3" in m for m in msgs), msgs
-    assert all(m.startswith("[token-optimizer] ") for m in msgs)
-    # A new line after the torn one stays readable.
-    again.touch("d", "s4")
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
-        assert set(after_crash(paths, clock)) == {"a", "b", "d"}
-    assert any("skipping line 3" in r.getMessage() for r in caplog.records)
 
 
 def test_invalid_journal_lines_are_skipped_with_a_warning(
     paths: StatePaths, caplog: pytest.LogCaptureFixture
 ) -> None:
-    write_index(paths, {"keep": entry("k1", created=T0, updated=T0)})
+    paths.root.mkdir(parents=True)
+    paths.session_index.write_text(json.dumps({"keep": entry("k1", created=T0, updated=T0)}))
     good = {"op": "put", "key": "ok", "entry": entry("s1", created=T0, updated=T0)}
     lines = [
         json.dumps(good),
@@ -983,166 +763,20 @@ def test_invalid_journal_lines_are_skipped_with_a_warning(
     assert list(on_disk(paths)) == [README_KEY, "keep", "ok"]
 
 
-def test_pruned_entry_is_not_resurrected_by_the_journal(
-    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = Clock()
-    idx = make(paths, clock, flush_interval_s=1000 * DAY)  # only the prune writes the index
-    idx.touch("gone", "s1")
-    idx.touch("stays", "s2")
-    clock.t += 100 * DAY
-    idx.touch("stays", "s2")
-    assert idx.prune_old_entries(90) == 1
-    assert not journal(paths).exists()  # the prune's full write dropped the journal
-    assert set(after_crash(paths, clock)) == {"stays"}
-
-    # Crash between the prune's index write and the journal removal: the
-    # journal still has the key's "put", but a "del" line was appended first.
-    idx.touch("gone", "s3")
-    clock.t += 100 * DAY
-    idx.touch("stays", "s2")
-    monkeypatch.setattr(idx, "_reset_journal_locked", lambda: None)
-    assert idx.prune_old_entries(90) == 1
-    assert [(r["op"], r["key"]) for r in journal_lines(paths)] == [("put", "gone"), ("del", "gone")]
-    assert set(after_crash(paths, clock)) == {"stays"}
-    # ... and a later re-creation of the key is replayed normally.
-    idx.touch("gone", "s4")
-    assert after_crash(paths, clock)["gone"]["session_id"] == "s4"
 
 
-def test_prune_of_entries_unknown_to_the_journal_appends_nothing(paths: StatePaths) -> None:
-    write_index(paths, {"old": entry("o", created=T0 - 200 * DAY, updated=T0 - 200 * DAY)})
-    idx = make(paths)
-    assert idx.prune_old_entries(90) == 1
-    assert idx.journal_count == 0 and not journal(paths).exists()
 
 
-def test_symlinked_journal_is_refused(
-    paths: StatePaths, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    target = tmp_path / "elsewhere.jsonl"
-    evil = {"op": "put", "key": "evil", "entry": entry("x", created=T0, updated=T0)}
-    target.write_text(json.dumps(evil) + "\n")
-    write_index(paths, {"k": entry("s", created=T0, updated=T0)})
-    journal(paths).symlink_to(target)
-    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
-        idx = make(paths)
-        assert list(idx.entries()) == ["k"]  # the symlinked journal is ignored
-        idx.touch("new", "n1")  # cannot append through it: the whole index is written
-    msgs = " ".join(r.getMessage() for r in caplog.records)
-    assert "journal refused" in msgs and "symlink" in msgs
-    assert "journal append failed" in msgs
-    assert target.read_text() == json.dumps(evil) + "\n"
-    assert journal(paths).is_symlink()
-    assert set(on_disk(paths)) == {README_KEY, "k", "new"}
-    assert set(after_crash(paths)) == {"k", "new"}
-    idx.close()
-    assert journal(paths).is_symlink()  # never removed or followed
-    assert target.read_text() == json.dumps(evil) + "\n"
 
 
-def test_journal_append_failure_falls_back_to_a_full_write(
-    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    idx = make(paths, flush_interval_s=3600)
-
-    def no_journal(p: Path, d: bytes) -> bool:
-        raise OSError("read-only")
-
-    monkeypatch.setattr(si, "_append_durable", no_journal)
-    idx.touch("k", "s")
-    assert idx.flush_count == 1 and list(on_disk(paths)) == [README_KEY, "k"]
 
 
-def test_close_journals_what_it_cannot_write(
-    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    idx = make(paths, flush_interval_s=3600)
-    real_append = si._append_durable
-    state = {"journal_ok": False}
-
-    def flaky_journal(p: Path, d: bytes) -> bool:
-        if not state["journal_ok"]:
-            raise OSError("journal busy")
-        return real_append(p, d)
-
-    def no_index(p: Path, d: Any, *a: Any, **k: Any) -> None:
-        raise OSError("index read-only")
-
-    monkeypatch.setattr(si, "_append_durable", flaky_journal)
-    monkeypatch.setattr(si, "atomic_write", no_index)
-    idx.touch("k", "s")  # neither the journal nor the index could take it
-    assert not journal(paths).exists() and not paths.session_index.exists()
-    state["journal_ok"] = True
-    idx.close()  # the full write fails again; the journal takes the entry
-    assert set(after_crash(paths)) == {"k"}
 
 
-def test_journal_growth_triggers_a_full_write(
-    paths: StatePaths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(si, "JOURNAL_COMPACT_BYTES", 1000)
-    idx = make(paths, flush_interval_s=3600)
-    sizes: list[int] = []
-    for i in range(60):
-        idx.touch(f"k{i}", f"s{i}")
-        sizes.append(journal(paths).stat().st_size if journal(paths).exists() else 0)
-    # compacted when the journal outgrew max(limit, index size): amortised O(1)
-    assert 2 <= idx.flush_count < 10
-    index_size = paths.session_index.stat().st_size
-    assert max(sizes) < max(1000, index_size) + 200
-    assert set(after_crash(paths)) == {f"k{i}" for i in range(60)}
 
 
-def test_journal_refuses_fifo(paths: StatePaths, caplog: pytest.LogCaptureFixture) -> None:
-    paths.root.mkdir(parents=True)
-    os.mkfifo(journal(paths))
-    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
-        idx = make(paths)  # must not block on the FIFO
-        idx.touch("k", "s")
-    assert "not a regular file" in " ".join(r.getMessage() for r in caplog.records)
-    assert set(on_disk(paths)) == {README_KEY, "k"}
 
 
-def test_cli_reads_index_plus_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import time
-
-    root = tmp_path / "state"
-    p = seed_for_cli(root)
-    clock = Clock(time.time() - 150 * DAY)
-    idx = SessionIndex(p, clock=clock, flush_interval_s=1e12)
-    idx.touch("agent:main:telegram:dm:5", "stale-5")  # expired, only in the journal
-    clock.t += 150 * DAY
-    idx.touch("agent:main:telegram:dm:4", "journal-4")  # only in the journal
-    idx.touch("agent:main:telegram:dm:1", "rotated-1")  # rotation, only in the journal
-    del idx  # the gateway died without flushing
-    assert set(on_disk(p)) == {README_KEY, *(f"agent:main:telegram:dm:{i}" for i in (1, 2, 3))}
-
-    assert run_cli(["--home", str(root), "sessions", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    rows = {r["session_key"]: r for r in out["sessions"]}
-    assert out["count"] == 5
-    assert rows["agent:main:telegram:dm:4"]["session_id"] == "journal-4"
-    assert rows["agent:main:telegram:dm:1"]["session_id"] == "rotated-1"
-    assert journal(p).exists()  # listing writes nothing
-
-    assert run_cli(["--home", str(root), "prune", "--dry-run", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert sorted(out["keys"]) == ["agent:main:telegram:dm:2", "agent:main:telegram:dm:5"]
-    assert journal(p).exists()
-
-    assert run_cli(["--home", str(root), "prune", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["removed"] == 2 and out["remaining"] == 3
-    assert not journal(p).exists()
-    assert set(on_disk(p)) == {
-        README_KEY,
-        "agent:main:telegram:dm:1",
-        "agent:main:telegram:dm:3",
-        "agent:main:telegram:dm:4",
-    }
-    assert on_disk(p)["agent:main:telegram:dm:1"]["session_id"] == "rotated-1"
-    assert set(after_crash(p)) == {f"agent:main:telegram:dm:{i}" for i in (1, 3, 4)}
 
 
 # ---------------------------------------------------------------- config
@@ -1253,7 +887,7 @@ def test_cli_sessions_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixtur
     p = seed_for_cli(root)
     assert run_cli(["--home", str(root), "sessions", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["count"] == 3 and out["index"] == str(p.session_index)
+    assert out["count"] == 3 and out["index"] == str(db_path(p))
     rows = {r["session_key"]: r for r in out["sessions"]}
     assert rows["agent:main:telegram:dm:1"]["session_id"] == "fresh-1"
     assert 3500 < rows["agent:main:telegram:dm:1"]["age_seconds"] < 3700
@@ -1280,7 +914,7 @@ def test_cli_sessions_empty_root_creates_nothing(
 def test_cli_prune_dry_run_then_real(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "state"
     p = seed_for_cli(root)
-    before = p.session_index.read_bytes()
+    before = on_disk(p)
     assert run_cli(["--home", str(root), "prune", "--dry-run", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (
@@ -1288,12 +922,12 @@ def test_cli_prune_dry_run_then_real(tmp_path: Path, capsys: pytest.CaptureFixtu
         and out["removed"] == 1
         and out["keys"] == ["agent:main:telegram:dm:2"]
     )
-    assert p.session_index.read_bytes() == before
+    assert on_disk(p) == before
     assert (p.checkpoints / "stale-2").exists()
 
     assert run_cli(["--home", str(root), "prune", "--max-age-days", "200"]) == 0
     assert "Pruned 0 of 3" in capsys.readouterr().out
-    assert p.session_index.read_bytes() == before
+    assert on_disk(p) == before
 
     assert run_cli(["--home", str(root), "prune"]) == 0
     text = capsys.readouterr().out
@@ -1327,3 +961,228 @@ def test_register_cli_own_parser(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     assert args.func(args) == 0
     assert "Would prune 1 of 3" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- SQLite store (issue 11)
+
+
+def test_readme_table_and_reserved_keys(paths: StatePaths) -> None:
+    idx = make(paths)
+    idx.touch("k1", "s1", platform="discord")
+    idx.touch("_README", "x")
+    idx.touch("_meta", "y")
+    raw = on_disk(paths)
+    assert list(raw) == [README_KEY, "k1"]
+    readme = raw[README_KEY]
+    assert "routing index" in readme and "NOT the list of all sessions" in readme
+    assert "state.db" in readme and "sessions/" in readme
+    con = sqlite3.connect(db_path(paths))
+    assert con.execute("SELECT count(*) FROM _README").fetchone()[0] == 1
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    assert make(paths).get(README_KEY) is None
+
+
+def test_every_change_is_visible_to_another_process_at_once(paths: StatePaths) -> None:
+    clock = Clock()
+    idx = make(paths, clock)
+    idx.touch("lane", "s1", platform="telegram")
+    clock.t += 50
+    idx.touch("lane", "s1")
+    idx.set_suspended("lane", True)
+    # no flush, no close: a crash now loses nothing
+    seen = after_crash(paths)["lane"]
+    assert seen["updated_at"] == iso(T0 + 50) and seen["suspended"] is True
+    assert seen["platform"] == "telegram"
+    assert idx.touch("lane", "s2") == "s1"
+    assert after_crash(paths)["lane"]["session_id"] == "s2"
+    assert after_crash(paths)["lane"]["suspended"] is False  # a new conversation starts unsuspended
+
+
+def test_memory_holds_no_entries(paths: StatePaths) -> None:
+    idx = make(paths)
+    for i in range(3000):
+        idx.touch(f"k{i}", f"s{i}")
+    assert len(idx) == 3000 and idx.pending_count() == 0
+    assert not any(isinstance(v, dict) and len(v) >= 3000 for v in vars(idx).values())
+    assert idx.get("k1234") is not None and idx.get("k1234")["persisted"] is True  # type: ignore[index]
+
+
+def test_unencodable_key_is_refused_and_poisons_nothing(
+    paths: StatePaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    idx = make(paths)
+    idx.touch("good-1", "s1")
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        assert idx.touch("bad-\ud800", "s-bad") is None
+        assert idx.touch("bad-2", "s\udc00") is None
+        assert idx.touch("bad-3", "s3", agent="a\ud800") is None
+        idx.note_session("bad-\ud800", "x")
+    for i in range(5):
+        idx.touch(f"later-{i}", f"t{i}")
+    idx.flush()
+    idx.set_suspended("bad-\ud800", True)
+    assert idx.get("bad-\ud800") is None or idx.get("bad-\ud800")["persisted"] is False  # type: ignore[index]
+    assert idx.is_persisted("bad-\ud800") is False
+    idx.close()  # gateway_stop: never raises
+    assert set(after_crash(paths)) == {"good-1", *(f"later-{i}" for i in range(5))}
+    assert idx.rejected == 4  # the transient mark too
+    assert sum("not valid Unicode" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_symlinked_database_is_refused(
+    paths: StatePaths, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths.root.mkdir(parents=True)
+    target = tmp_path / "evil.sqlite3"
+    target.write_bytes(b"")
+    db_path(paths).symlink_to(target)
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        idx = make(paths)
+        idx.touch("k", "s")
+    assert list(idx.entries()) == ["k"]  # kept in memory for this process
+    assert target.read_bytes() == b"" and db_path(paths).is_symlink()
+    assert any("not a regular file" in r.getMessage() for r in caplog.records)
+
+
+def test_corrupt_database_is_kept_aside_and_a_new_one_started(
+    paths: StatePaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths.root.mkdir(parents=True)
+    db_path(paths).write_bytes(b"garbage, not sqlite" * 200)
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        idx = make(paths)
+        idx.touch("k", "s")
+        idx.touch("k2", "s2")
+    assert set(after_crash(paths)) == {"k", "k2"}
+    aside = paths.root / (si.DB_NAME + ".corrupt")
+    assert aside.read_bytes().startswith(b"garbage")
+    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_legacy_json_and_journal_are_imported_once(paths: StatePaths) -> None:
+    paths.root.mkdir(parents=True)
+    paths.session_index.write_text(json.dumps(
+        {README_KEY: "x", "a": entry("s1", created=T0, updated=T0, suspended=True)}))
+    (paths.root / si.JOURNAL_NAME).write_text(
+        json.dumps({"op": "put", "key": "b", "entry": entry("s2", created=T0, updated=T0)}) + "\n")
+    idx = make(paths)
+    assert set(idx.entries()) == {"a", "b"} and idx.entries()["a"]["suspended"] is True
+    assert not paths.session_index.exists()
+    assert (paths.root / "session-index.json.imported").exists()
+    assert (paths.root / (si.JOURNAL_NAME + ".imported")).exists()
+    # an old version writing the JSON again later is not re-imported over newer state
+    paths.session_index.write_text(json.dumps({"c": entry("s3", created=T0, updated=T0)}))
+    assert set(make(paths).entries()) == {"a", "b"}
+
+
+def test_write_failure_keeps_the_transient_mark_and_retries(
+    paths: StatePaths, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    idx = make(paths)
+    idx.note_session("k", "s", platform="web")
+    real = SessionIndex._insert
+    fail = {"on": True}
+
+    def flaky(conn: sqlite3.Connection, key: str, e: Any) -> None:
+        if fail["on"]:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(conn, key, e)
+
+    monkeypatch.setattr(SessionIndex, "_insert", staticmethod(flaky))
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        idx.touch("k", "s")
+    assert idx.get("k")["persisted"] is False  # type: ignore[index]
+    assert any("disk I/O error" in r.getMessage() for r in caplog.records)
+    fail["on"] = False
+    idx.touch("k", "s")
+    assert after_crash(paths)["k"]["platform"] == "web"
+
+
+def test_prune_rechecks_entries_refreshed_by_another_process(paths: StatePaths) -> None:
+    clock = Clock()
+    write_index(paths, {"k": entry("s", created=T0 - 100 * DAY, updated=T0 - 100 * DAY)})
+    pruner = make(paths, clock)
+    other = make(paths, clock)
+
+    def refresh_meanwhile(key: str) -> bool:
+        other.touch(key, "s")  # the gateway sees a message while the CLI prunes
+        return False
+
+    pruner.active_work = refresh_meanwhile
+    assert pruner.prune_old_entries(90) == 0
+    assert set(after_crash(paths)) == {"k"}
+
+
+def test_orphan_read_cache_files_of_sessions_without_user_turns_are_pruned(
+    paths: StatePaths,
+) -> None:
+    clock = Clock()
+    idx = make(paths, clock)
+    rc = paths.read_cache
+    (rc / "decisions").mkdir(parents=True)
+    old = T0 - 100 * DAY
+    files = {
+        "cron": [rc / "main-cron-1.json", rc / "hint-serves-cron-1.json",
+                 rc / "decisions" / "cron-1.jsonl"],
+        "live": [rc / "main-live-1.json", rc / "decisions" / "live-1.jsonl"],
+        "recent": [rc / "main-beat-2.json"],
+        "other": [rc / "config.json", rc / "decisions" / "notes.txt"],
+    }
+    for group in files.values():
+        for f in group:
+            f.write_text("{}")
+            if f.name != "main-beat-2.json":
+                os.utime(f, (old, old))
+    idx.touch("agent:main:live", "live-1")  # an entry owns these, however old the files are
+    idx.note_session("hb", "beat-2")
+    assert idx.prune_old_entries(90) == 0
+    assert not any(f.exists() for f in files["cron"])
+    assert all(f.exists() for f in files["live"] + files["recent"] + files["other"])
+
+
+def test_two_processes_hammering_one_root_lose_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "state"
+    script = (
+        "import sys\n"
+        "from token_optimizer.fsutil import resolve_paths\n"
+        "from token_optimizer.session_index import SessionIndex\n"
+        "tag, n = sys.argv[1], int(sys.argv[2])\n"
+        "idx = SessionIndex(resolve_paths(sys.argv[3]))\n"
+        "for i in range(n):\n"
+        "    idx.touch(f'{tag}-{i}', f'{tag}-sid-{i}')\n"
+        "    idx.touch('shared', f'{tag}-{i}')\n"
+        "    if i % 50 == 0:\n"
+        "        idx.prune_old_entries(90)\n"
+        "idx.close()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, tag, "400", str(root)])
+             for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    got = SessionIndex(resolve_paths(root)).entries()
+    assert {k for k in got if k != "shared"} == {f"{t}-{i}" for t in "ab" for i in range(400)}
+    assert got["shared"]["session_id"] in {"a-399", "b-399"}
+
+
+def test_cli_prune_sticks_while_a_gateway_index_is_open(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "state"
+    p = resolve_paths(root)
+    now = time.time()
+    write_index(p, {"old": entry("s-old", created=now - 400 * DAY, updated=now - 400 * DAY),
+                    "new": entry("s-new", created=now, updated=now)})
+    gateway = SessionIndex(p)  # the running gateway's index
+    gateway.touch("live", "s-live")
+    out = subprocess.run(
+        [sys.executable, "-m", "token_optimizer", "--home", str(root), "prune", "--json",
+         "--max-age-days", "90"], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout)["keys"] == ["old"]
+    gateway.touch("live", "s-live")
+    gateway.touch("another", "s-2")
+    gateway.close()
+    assert set(SessionIndex(p).entries()) == {"new", "live", "another"}

@@ -26,18 +26,16 @@ import os
 import re
 import stat
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from token_optimizer.bounded import BoundedMap
+from token_optimizer.checkpoint_index import CheckpointIndex
 from token_optimizer.fsutil import (
     StatePaths,
     read_text_no_follow,
-    real_dir,
-    safe_file,
     sanitize_checkpoint_id,
 )
 from token_optimizer.jsutil import (
@@ -175,13 +173,19 @@ def _js_split_ws(s: str) -> list[str]:
 
 def keyword_relevance_score(
     text: str, checkpoint_path: str | Path | None, content: str | None = None,
-    *, content_tokens: set[str] | None = None,
+    *, content_tokens: set[str] | None = None, prompt_tokens: set[str] | None = None,
 ) -> float:
-    """Share of the prompt's topic tokens present in the checkpoint, in [0, 1]."""
+    """Share of the prompt's topic tokens present in the checkpoint, in [0, 1].
+
+    ``content_tokens`` and ``prompt_tokens`` are the already computed
+    :func:`topic_tokens` of the checkpoint and of ``text`` (a search scores one
+    prompt against many checkpoints).
+    """
     lower = text.lower()
     if any(p in lower for p in CONTINUATION_PHRASES):
         return 1.0
-    prompt_tokens = topic_tokens(text)
+    if prompt_tokens is None:
+        prompt_tokens = topic_tokens(text)
     if len(prompt_tokens) <= 2 and any(w in CONTINUATION_WORDS for w in _js_split_ws(lower)):
         return 1.0
     if not prompt_tokens:
@@ -491,6 +495,8 @@ class CheckpointEntry:
     session_dir_name: str
     trigger: str
     created_at_ms: float
+    stat_key: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
+    """``(size, mtime_ns, inode)`` seen when the entry was listed (not part of its identity)."""
 
 
 @dataclass(frozen=True)
@@ -682,12 +688,8 @@ def _env_home() -> str:
     return h or ""
 
 
-RESCAN_INTERVAL_S = 30.0
-"""How often every known session directory is re-validated against the disk."""
-MANIFEST_CACHE_CAP = 20_000
 TOKEN_CACHE_CAP = 256
 """Checkpoints whose text and tokens are remembered (a search reads at most 50)."""
-"""Session directories whose parsed manifest is remembered (not per live session)."""
 
 
 class Continuity:
@@ -707,140 +709,52 @@ class Continuity:
             env.get("TOKEN_OPTIMIZER_RESUME_TOPIC_BAR", "0.22")
         )
         self.home: str = _env_home()
-        # Parsed manifests by session directory name, keyed on (size, mtime, inode).
-        self._manifest_cache: BoundedMap[
-            str, tuple[tuple[int, int, int], tuple[CheckpointEntry, ...]]
-        ] = BoundedMap("continuity.manifest_cache", cap=MANIFEST_CACHE_CAP, register=False)
+        # Every session's manifest rows, indexed in SQLite (checkpoint_index.py).
+        self.index = CheckpointIndex(paths)
         # Checkpoint text and topic tokens by path (artifacts are written once).
         self._token_cache: BoundedMap[
             str, tuple[tuple[int, int, int], str, set[str]]
         ] = BoundedMap("continuity.token_cache", cap=TOKEN_CACHE_CAP, register=False)
-        self._scan_root: Path | None = None
-        self._scan_at = 0.0
-        self._dirty_dirs: set[str] = set()
 
     # ------------------------------------------------------------ discovery
 
-    def _root(self) -> Path | None:
-        return real_dir(self.paths.checkpoints)
-
     def list_all_checkpoints(
-        self, max_age_days: float | None = None, now: float | None = None
+        self, max_age_days: float | None = None, now: float | None = None,
+        limit: int | None = None,
     ) -> list[CheckpointEntry]:
         """Every readable checkpoint of every session, newest first, within the age limit.
 
-        A session's parsed manifest is cached until the manifest changes (its size,
-        mtime or inode), so a new session's first turn costs one ``lstat`` per prior
-        session instead of a re-read and a ``realpath`` per checkpoint. Artifacts are
-        re-checked when they are read (:meth:`_read` refuses symlinks).
+        Served from the checkpoint index (:mod:`token_optimizer.checkpoint_index`),
+        which follows the manifests incrementally: the cost does not grow with the
+        number of sessions on disk. ``limit`` stops after that many entries.
         """
-        root = self._root()
-        if root is None:
-            return []
         days = self.max_age_days if max_age_days is None else max_age_days
-        cutoff = (now_ms() if now is None else now) - days * DAY_MS  # NaN days disable the filter
-        try:
-            names = sorted(os.listdir(root))
-        except OSError:
-            return []
-        clock = time.monotonic()
-        full = root != self._scan_root or clock - self._scan_at >= RESCAN_INTERVAL_S
-        if full:
-            self._scan_root, self._scan_at = root, clock
-        recheck = self._dirty_dirs
-        self._dirty_dirs = set()
-        results: list[CheckpointEntry] = []
-        for name in names:
-            cached = self._manifest_cache.get(name)
-            if cached is None or full or name in recheck:
-                parsed = self._check_dir(root, name, cached)
-            else:
-                parsed = cached[1]
-            results.extend(e for e in parsed if not e.created_at_ms < cutoff)
-        results.sort(key=lambda e: -e.created_at_ms)
-        return results
+        t = now_ms() if now is None else now
+        return [
+            CheckpointEntry(path, name, trigger, ts, key)
+            for path, name, trigger, ts, key in self.index.newest(days, t, limit)
+        ]
 
     def note_capture(self, session_id: str) -> None:
-        """A checkpoint was just written for ``session_id``: re-read its manifest next time.
+        """A checkpoint was just written for ``session_id``: index its new manifest rows."""
+        self.index.note_capture(sanitize_checkpoint_id(session_id))
 
-        Between full re-validations (every ``RESCAN_INTERVAL_S``) only new session
-        directories and the ones noted here are examined, so a new session's first
-        turn does not ``lstat`` every prior session.
+    def _read_tokens(
+        self, path: str, key: tuple[int, int, int] | None = None
+    ) -> tuple[str, set[str]] | None:
+        """A checkpoint's text and topic tokens, cached while the file is unchanged.
+
+        ``key`` is the file's ``(size, mtime_ns, inode)`` when the caller has just
+        ``lstat``-ed it (the index query does), saving a second ``lstat``.
         """
-        self._dirty_dirs.add(sanitize_checkpoint_id(session_id))
-
-    def _check_dir(
-        self, root: Path, name: str,
-        cached: tuple[tuple[int, int, int], tuple[CheckpointEntry, ...]] | None,
-    ) -> tuple[CheckpointEntry, ...]:
-        # ``root`` is a realpath, so a real (non-symlink) directory entry of it is inside it.
-        session_dir = root / name
-        manifest = session_dir / "manifest.jsonl"
-        try:
-            if not stat.S_ISDIR(os.lstat(session_dir).st_mode):
-                return ()
-            mst = os.lstat(manifest)
-        except OSError:
-            self._manifest_cache.discard(name)
-            return ()
-        if not stat.S_ISREG(mst.st_mode):
-            return ()
-        key = (mst.st_size, mst.st_mtime_ns, mst.st_ino)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        parsed = self._parse_manifest(manifest, session_dir)
-        self._manifest_cache.set(name, (key, parsed))
-        return parsed
-
-    def _parse_manifest(self, manifest: Path, session_dir: Path) -> tuple[CheckpointEntry, ...]:
-        try:
-            raw = read_text_no_follow(manifest)
-        except OSError:
-            return ()
-        out: list[CheckpointEntry] = []
-        for line in raw.split("\n"):
-            if not line:
-                continue
-            entry = self._manifest_entry(line, session_dir, -math.inf)
-            if entry is not None:
-                out.append(entry)
-        return tuple(out)
-
-    @staticmethod
-    def _manifest_entry(line: str, session_dir: Path, cutoff: float) -> CheckpointEntry | None:
-        try:
-            row = loads(line)
-        except ValueError:
-            return None
-        if not isinstance(row, dict):
-            return None
-        file_, trigger, created = row.get("file"), row.get("trigger"), row.get("createdAt")
-        if not (
-            isinstance(file_, str) and file_ and isinstance(trigger, str) and trigger and created
-        ):
-            return None
-        ts = parse_iso_ms(created)
-        if math.isnan(ts) or ts < cutoff:
-            return None
-        target = Path(file_)
-        if not safe_file(target, session_dir):
-            return None
-        return CheckpointEntry(
-            path=os.path.realpath(target),
-            session_dir_name=session_dir.name,
-            trigger=trigger,
-            created_at_ms=ts,
-        )
-
-    def _read_tokens(self, path: str) -> tuple[str, set[str]] | None:
-        """A checkpoint's text and topic tokens, cached while the file is unchanged."""
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if key is None:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            key = (st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._token_cache.get(path)
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
@@ -862,7 +776,7 @@ class Continuity:
         sid = sanitize_checkpoint_id(current_session_id)
         return [
             e
-            for e in self.list_all_checkpoints(max_age_days)[:MAX_CANDIDATES]
+            for e in self.list_all_checkpoints(max_age_days, limit=MAX_CANDIDATES)
             if e.session_dir_name != sid and sid not in e.path
         ]
 
@@ -874,13 +788,16 @@ class Continuity:
         return not name or name == home_name or cwd == "/" or cwd == self.home
 
     def checkpoint_topic_score(
-        self, text: str, entry: CheckpointEntry, cwd: str | None = None
+        self, text: str, entry: CheckpointEntry, cwd: str | None = None,
+        *, prompt_tokens: set[str] | None = None,
     ) -> tuple[float, str]:
-        got = self._read_tokens(entry.path)
+        got = self._read_tokens(entry.path, entry.stat_key)
         if got is None:
             return 0.0, ""
         content, tokens = got
-        score = keyword_relevance_score(text, entry.path, content, content_tokens=tokens)
+        score = keyword_relevance_score(
+            text, entry.path, content, content_tokens=tokens, prompt_tokens=prompt_tokens
+        )
         if cwd and not self._is_generic_cwd(cwd) and _node_basename(cwd).lower() in content.lower():
             score += CWD_BONUS
         if (now_ms() - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:
@@ -898,8 +815,11 @@ class Continuity:
         if not text:
             return None
         found: list[ContinuityCandidate] = []
+        prompt_tokens = topic_tokens(text)
         for entry in self._others(current_session_id, max_age_days):
-            score, content = self.checkpoint_topic_score(text, entry, cwd)
+            score, content = self.checkpoint_topic_score(
+                text, entry, cwd, prompt_tokens=prompt_tokens
+            )
             if score >= self.relevance_threshold:  # NaN threshold: nothing passes
                 found.append(ContinuityCandidate(entry, score, content))
         if not found:

@@ -7,6 +7,7 @@ these; the core never sees a host-specific payload. The TS-shaped dict API in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -168,3 +169,40 @@ class HookOutcome:
 
     def actions_json(self) -> list[dict[str, Any]]:
         return [a.to_action() for a in self.actions]
+
+
+# ---------------------------------------------------------------- boundary hygiene
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_ID_CHARS = 1024
+"""Longer host ids are refused: no real session key or id comes near it."""
+
+
+def clean_id(value: object) -> str | None:
+    """A host-supplied id (session key, session id, agent, platform) made safe to store.
+
+    Returns ``None`` for anything that is not a non-empty ``str`` of at most
+    ``MAX_ID_CHARS`` characters. A lone surrogate (an in-process Python host can
+    pass ``"\\ud800"``; it cannot be encoded as UTF-8, so JSON, SQLite and file
+    names would all fail on it) is replaced by its escape text ``\\ud800``: the
+    result is encodable and distinct ids stay distinct. Well-formed text,
+    including astral characters, is returned unchanged.
+    """
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        return None
+    if _LONE_SURROGATE.search(value) is None:
+        return value
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", value)
+
+
+def clean_text(value: object) -> str:
+    """Host text (prompts, message bodies) made encodable: lone surrogates become U+FFFD.
+
+    Non-``str`` values give ``""``. Unlike :func:`clean_id` this may merge
+    different inputs, which is harmless for text that is only read.
+    """
+    if not isinstance(value, str):
+        return ""
+    if _LONE_SURROGATE.search(value) is None:
+        return value
+    return _LONE_SURROGATE.sub("\ufffd", value)

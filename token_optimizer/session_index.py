@@ -1,52 +1,48 @@
 """Session index: stable session key -> current session id, bounded on disk by age.
 
-The index lives in ``<root>/session-index.json`` (:attr:`StatePaths.session_index`).
-It is a *routing* index: one entry per chat lane (session key) holding the id
-of the conversation currently routed there plus ``created_at``, ``updated_at``
-(last real activity), ``suspended`` and the platform / agent when known.
+The index lives in ``<root>/session-index.sqlite3`` (SQLite, WAL mode). It is a
+*routing* index: one entry per chat lane (session key) holding the id of the
+conversation currently routed there plus ``created_at``, ``updated_at`` (last
+real activity), ``suspended`` and the platform / agent when known.
 
 Rules this module keeps (spec: session-bounds.md §3-§5):
 
-* **Self-documenting file.** The JSON object starts with a ``_README`` string.
-  Readers skip every ``_``-prefixed key; a non-object value is skipped with a
-  warning so one bad entry never aborts a load.
-* **Safe writes.** Whole-file atomic replace (temp file, fsync, rename) with
-  mode 0600; a symlink at the index path is refused for reads and writes.
-  One re-entrant lock guards all state.
-* **Coalesced writes.** A touch on a known entry only updates memory (O(1));
-  the file is rewritten at most once per ``flush_interval_s`` (default 30 s),
-  plus at session end (:meth:`end_session` / :meth:`flush`), after a prune
-  that removed something and at shutdown (:meth:`close`). A crash may lose
-  up to one flush interval of ``updated_at`` precision, but never an entry.
-* **Journal for urgent changes.** A *new* entry, an id rotation, a change of
-  ``suspended`` (or of the platform / agent) must survive a crash, but must
-  not cost an O(n) rewrite. Each one appends one compact JSON line with the
-  entry's full new state to ``<root>/session-index.journal.jsonl`` (0600,
-  ``O_NOFOLLOW``, fsynced; the directory is fsynced when the file is created),
-  which is O(1) in the index size. A full write (the periodic flush, session end,
-  prune, shutdown, or the journal outgrowing the index) writes the index
-  atomically first and only then removes the journal; a crash between the
-  two replays lines the index already holds, which is idempotent (a replayed
-  line never moves ``updated_at`` back for the same session id, and a prune
-  first appends a ``del`` line for every removed key the journal mentions,
-  so a pruned key is never resurrected). Loading replays the journal over
-  the index, later lines winning; a torn or invalid line is skipped with a
-  warning, ``_``-prefixed keys are ignored and a symlinked journal is refused.
-  If the journal cannot be appended to, the whole index is written instead
-  (the pre-journal behaviour), and if that fails too the change is retried
-  on the next message.
+* **Self-documenting store.** The database holds a ``_README`` table whose one
+  row says what the file is and where the full history lives. Keys starting with
+  ``_`` are refused, so nothing reserved ever becomes an entry.
+* **Bounded memory.** No entry is held in memory: lookups and updates are
+  indexed SQLite statements. Only transient marks (below) live in RAM, in a
+  :class:`BoundedMap` (``MAX_TRACKED_SESSIONS``).
+* **Several processes.** Every change is one ``BEGIN IMMEDIATE`` transaction,
+  so a gateway, ``hermes chat`` and ``token-optimizer prune`` on one state root
+  never lose each other's updates, and a prune from the command line sticks.
+  A prune re-checks each entry inside its delete (a lane refreshed, rotated or
+  suspended meanwhile by another process is kept).
+* **Durability.** WAL with ``synchronous=NORMAL``: a killed process loses
+  nothing; a power cut may lose the last moments of changes (the orphan sweep
+  below still bounds their files). No ``fsync`` on the message path.
+* **Safe file.** The database (and its ``-wal``/``-shm``) must be regular files;
+  a symlink planted there is refused and the index is kept in memory for the
+  process (one warning). A corrupt database is kept as ``.corrupt`` and a new
+  one started (one warning). A key, id or label that is not valid Unicode (a
+  lone surrogate) is refused for that call only; it never poisons the others.
 * **Lazy creation.** A session seen only through a handshake, a
   ``session_start``, a probe or a heartbeat (:meth:`note_session`, or
-  :meth:`touch` with ``real_message=False``) is held in a bounded in-memory
-  map and never written. Its entry appears on its first real user message.
-  A failed write is logged as a warning and retried on the next message.
+  :meth:`touch` with ``real_message=False``) is held in a bounded in-memory map
+  and never written. Its entry appears on its first real user message.
+  Reads never create the database.
 * **TTL pruning.** :meth:`prune_old_entries` drops entries idle longer than
   ``max_age_days`` (by ``updated_at``), keeping suspended entries, entries
   with a pending restore and entries whose session has active background
   work. Both callbacks take the **session key**; a callback that raises keeps
   the entry (fail closed). Removing an entry also removes that session's
   per-session files under the state root (checkpoints, read cache, decisions
-  log, hint sidecar). :meth:`maybe_prune` gates it to once an hour.
+  log, hint sidecar). Read-cache, hint and decision files idle as long that
+  belong to no entry (sessions that never had a user turn: cron, heartbeats)
+  are removed too. :meth:`maybe_prune` gates it to once an hour.
+* **Migration.** A ``session-index.json`` (and its journal) from an earlier
+  version is imported once, then renamed ``*.imported`` (``*.corrupt`` when it
+  could not be parsed).
 """
 
 from __future__ import annotations
@@ -58,13 +54,14 @@ import logging
 import math
 import os
 import re
+import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -74,9 +71,7 @@ from token_optimizer.fsutil import (
     O_NOFOLLOW,
     StatePaths,
     UnsafePathError,
-    atomic_write,
     ensure_dir,
-    fsync_dir,
     read_text_no_follow,
     remove_tree_safely,
     resolve_paths,
@@ -90,28 +85,26 @@ log = logging.getLogger("token_optimizer")
 
 README_KEY = "_README"
 README_TEXT = (
-    "token-optimizer session routing index. Each key is a stable session key (one chat lane); "
-    "its value holds the id of the session currently routed there, created_at, updated_at "
+    "token-optimizer session routing index. Each row of 'entries' is one stable session key "
+    "(one chat lane): the id of the session currently routed there, created_at, updated_at "
     "(last real user message), suspended, and the platform/agent. This is NOT the list of all "
     "sessions: lanes that never received a real message are never written here, and entries "
     "idle longer than session_store_max_age_days (default 90, 0 disables) are pruned together "
     "with their per-session token-optimizer state (checkpoints/, read-cache/). Full conversation "
     "history stays with the host: OpenClaw keeps transcripts in "
     "~/.openclaw/agents/<agent>/sessions/<session-id>.jsonl, Hermes keeps them in "
-    "$HERMES_HOME/state.db. Keys starting with '_' are ignored by readers. Lanes created or "
-    "changed since this file was last written (at most ~30 s while the gateway runs) are "
-    "recorded in session-index.journal.jsonl next to it, which readers replay over this file. "
+    "$HERMES_HOME/state.db. Keys starting with '_' are never entries. "
     "Inspect with 'token-optimizer sessions'; prune with 'token-optimizer prune'."
 )
 
 PRUNE_INTERVAL_S = 3600.0
 """:meth:`SessionIndex.maybe_prune` prunes at most once per this many seconds."""
 
-JOURNAL_NAME = "session-index.journal.jsonl"
-"""Append-only journal of urgent changes, next to the index file."""
+DB_NAME = "session-index.sqlite3"
+"""The index itself (SQLite, WAL), in the state root."""
 
-JOURNAL_COMPACT_BYTES = 4 << 20
-"""A journal larger than this (and than the index itself) triggers a full write."""
+JOURNAL_NAME = "session-index.journal.jsonl"
+"""The journal of the pre-SQLite JSON index (imported once, then renamed)."""
 
 _MAX_JOURNAL_WARNINGS = 10
 
@@ -120,6 +113,8 @@ _KNOWN_FIELDS = frozenset(
 )
 
 KeyCallback = Callable[[str], bool]
+_T = TypeVar("_T")
+_Transient = tuple[set[str], set[str], int]
 
 
 def _parse_ts(value: object) -> float:
@@ -299,7 +294,7 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _read_journal(path: Path) -> bytes | None:
-    """The journal's bytes; ``None`` when absent. Refuses (raises) symlinks and non-regular files.
+    """The legacy journal's bytes; ``None`` when absent. Refuses (raises) symlinks and non-regular files.
 
     ``O_NONBLOCK`` keeps a FIFO planted at the path from blocking the open.
     """
@@ -322,37 +317,153 @@ def _read_journal(path: Path) -> bytes | None:
         os.close(fd)
 
 
-def _append_durable(path: Path, data: bytes) -> bool:
-    """Append ``data`` to ``path`` and fsync it; return ``True`` when the file was empty or new.
-
-    Refuses a symlink at the final component (``O_NOFOLLOW``) and anything
-    but a regular file; creates the file with mode 0600. If the file does not
-    end with a newline (a torn line left by a crash), a newline is written
-    first so the new line stays readable. The caller fsyncs the directory
-    when this returns ``True``, so a newly created journal survives a crash.
-    """
-    fd = os.open(
-        path,
-        os.O_RDWR | os.O_CREAT | os.O_APPEND | O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC,
-        FILE_MODE,
-    )
+def _load_legacy_json(path: Path, now: float) -> tuple[dict[str, _Entry], bool]:
+    """Entries of a pre-SQLite ``session-index.json``; ``(entries, corrupt)``."""
+    out: dict[str, _Entry] = {}
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError(f"not a regular file: {path}")
-        if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
-            data = b"\n" + data
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return st.st_size == 0
+        text = read_text_no_follow(path)
+    except FileNotFoundError:
+        return out, False
+    except OSError as e:
+        log.warning("[token-optimizer] session index %s not read: %s", path, e)
+        return out, False
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        log.warning("[token-optimizer] session index %s is not valid JSON (%s); it is kept as "
+                    "%s.corrupt", path, e, path.name)
+        return out, True
+    if not isinstance(data, dict):
+        log.warning("[token-optimizer] session index %s is not a JSON object; it is kept as "
+                    "%s.corrupt", path, path.name)
+        return out, True
+    for key, value in data.items():
+        if key.startswith("_"):
+            continue
+        parsed, _ = _parse_entry(key, value, now, "session index")
+        if parsed is not None:
+            out[key] = parsed
+    return out, False
+
+
+def _replay_legacy_journal(path: Path, entries: dict[str, _Entry], now: float) -> bool:
+    """Replay a pre-SQLite journal over ``entries`` (later lines win); ``True`` when one was read."""
+    try:
+        data = _read_journal(path)
+    except UnsafePathError as e:
+        log.warning("[token-optimizer] session index journal refused (%s); it is ignored", e)
+        return False
+    except OSError as e:
+        log.warning("[token-optimizer] session index journal %s not read: %s", path, e)
+        return False
+    if data is None:
+        return False
+    lines = data.split(b"\n")
+    bad = 0
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        why = _replay_line(raw, entries, now)
+        if why is None:
+            continue
+        bad += 1
+        if bad <= _MAX_JOURNAL_WARNINGS:
+            torn = lineno == len(lines)
+            log.warning("[token-optimizer] session index journal %s: skipping %sline %d (%s)",
+                        path.name, "torn last " if torn else "", lineno, why)
+    if bad > _MAX_JOURNAL_WARNINGS:
+        log.warning("[token-optimizer] session index journal %s: %d unreadable lines skipped in all",
+                    path.name, bad)
+    return True
+
+
+def _replay_line(raw: bytes, entries: dict[str, _Entry], now: float) -> str | None:
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "not valid JSON"
+    if not isinstance(rec, dict):
+        return "not an object"
+    key = rec.get("key")
+    if not isinstance(key, str) or not key:
+        return "no key"
+    if key.startswith("_"):
+        return f"reserved key {key!r}"
+    op = rec.get("op")
+    if op == "del":
+        entries.pop(key, None)
+        return None
+    if op != "put":
+        return f"unknown op {op!r}"
+    e, _ = _parse_entry(key, rec.get("entry"), now, "session index journal")
+    if e is None:
+        return "unusable entry"
+    cur = entries.get(key)
+    if cur is not None and cur.session_id == e.session_id and cur.updated_s > e.updated_s:
+        e.updated_s = cur.updated_s
+        e.updated_iso = cur.updated_iso
+    entries[key] = e
+    return None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS _README(text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT);
+CREATE TABLE IF NOT EXISTS entries(
+    key TEXT NOT NULL UNIQUE,
+    session_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT,
+    updated_s REAL NOT NULL,
+    suspended INTEGER NOT NULL DEFAULT 0,
+    platform TEXT,
+    agent TEXT,
+    extra TEXT,
+    ck TEXT NOT NULL,
+    rc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_idle ON entries(updated_s) WHERE suspended = 0;
+CREATE INDEX IF NOT EXISTS entries_ck ON entries(ck);
+CREATE INDEX IF NOT EXISTS entries_rc ON entries(rc);
+"""
+
+_COLS = "key, session_id, created_at, updated_at, updated_s, suspended, platform, agent, extra"
+
+
+def _row_entry(row: tuple[Any, ...]) -> _Entry:
+    extra: dict[str, Any] | None = None
+    if row[8]:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            got = orjson.loads(row[8])
+            extra = got if isinstance(got, dict) else None
+    return _Entry(
+        row[1], row[2], float(row[4]), updated_iso=row[3], suspended=bool(row[5]),
+        platform=row[6], agent=row[7], extra=extra,
+    )
+
+
+def _encodable(*values: str | None) -> bool:
+    for v in values:
+        if v is not None:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+def _is_busy(err: BaseException) -> bool:
+    msg = str(err).lower()
+    return isinstance(err, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
 
 
 class SessionIndex:
-    """Routing index with coalesced writes, lazy creation and TTL pruning.
+    """Routing index in SQLite (WAL): lazy creation, TTL pruning, safe across processes.
+
+    No entry is held in memory but the transient (not yet persisted) marks, a
+    :class:`BoundedMap`. Every change is one SQLite transaction, so another
+    process (``token-optimizer prune``, a second gateway-side process) sees it
+    at once and no update is lost.
 
     ``active_work`` and ``pending_restore`` are host callbacks taking the
     **session key**; both are plain attributes and may be (re)assigned after
@@ -370,284 +481,186 @@ class SessionIndex:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.paths = paths
-        self.path = paths.session_index
-        self.journal_path = self.path.with_name(JOURNAL_NAME)
+        self.path = paths.root / DB_NAME
+        self.legacy_path = paths.session_index
+        self.journal_path = self.legacy_path.with_name(JOURNAL_NAME)
         self.active_work = active_work
         self.pending_restore = pending_restore
         self.flush_interval_s = float(flush_interval_s)
         self._clock = clock
         self._lock = threading.RLock()
-        self._entries: dict[str, _Entry] = {}
+        self._conn: sqlite3.Connection | None = None
+        self._memory_only = False
         # Sessions seen without a real message: transient, bounded, never serialised.
         self._pending: BoundedMap[str, _Entry] = BoundedMap("session_index.pending")
-        self._dirty = False  # changes (updated_at touches included) not yet in the index file
-        # Keys with an urgent change (new entry, rotation, suspension, platform/agent)
-        # not yet durable in the journal or the index; insertion-ordered set.
-        self._unjournaled: dict[str, None] = {}
-        self._journaled: set[str] = set()  # keys with a line in the journal on disk
-        self._journal_exists = False  # we created / found a regular journal file
-        self._journal_bytes = 0
-        self._journal_warned = False
-        self._index_bytes = 0  # size of the index file last read or written
-        self._write_ok = True  # the last full-write attempt succeeded
-        self._last_flush = clock()
         self._last_prune: float | None = None
-        self._corrupt_file = False  # the file on disk could not be parsed; back it up once
+        self._warned: set[str] = set()
         self._cleanups = 0  # per-session file removals in progress (outside the lock)
         self._revived: list[str] = []  # ids (re)introduced while a removal is in progress
-        self.flush_count = 0
-        """Number of successful index writes (for tests and the benchmark)."""
-        self.journal_count = 0
-        """Number of successful journal appends (for tests and the benchmark)."""
-        self._load()
+        self.write_count = 0
+        """Committed write transactions of this instance (for tests and the benchmark)."""
+        self.rejected = 0
+        """Keys or ids refused because they cannot be stored (e.g. lone surrogates)."""
 
-    # ------------------------------------------------------------ load / save
+    # ------------------------------------------------------------ storage
 
-    def _load(self) -> None:
-        self._load_index()
-        self._load_journal()
+    def _warn_once(self, what: str, msg: str, *args: object) -> None:
+        level = logging.DEBUG if what in self._warned else logging.WARNING
+        self._warned.add(what)
+        log.log(level, "[token-optimizer] " + msg, *args)
 
-    def _load_index(self) -> None:
-        try:
-            text = read_text_no_follow(self.path)
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            log.warning("[token-optimizer] session index %s not read: %s", self.path, e)
-            return
-        self._index_bytes = len(text)
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError as e:
-            log.warning(
-                "[token-optimizer] session index %s is not valid JSON (%s); it will be kept as %s.corrupt",
-                self.path,
-                e,
-                self.path.name,
-            )
-            self._corrupt_file = True
-            return
-        if not isinstance(data, dict):
-            log.warning(
-                "[token-optimizer] session index %s is not a JSON object; it will be kept as %s.corrupt",
-                self.path,
-                self.path.name,
-            )
-            self._corrupt_file = True
-            return
-        now = self._clock()
-        repaired = False
-        for key, value in data.items():
-            if key.startswith("_"):
-                continue
-            parsed, fixed = _parse_entry(key, value, now, "session index")
-            if parsed is not None:
-                self._entries[key] = parsed
-                repaired |= fixed
-        if repaired:
-            self._dirty = True
-
-    def _load_journal(self) -> None:
-        """Replay the journal over the loaded index (later lines win). Writes nothing."""
-        try:
-            data = _read_journal(self.journal_path)
-        except UnsafePathError as e:
-            log.warning(
-                "[token-optimizer] session index journal refused (%s); it is ignored and never "
-                "written through",
-                e,
-            )
-            return
-        except OSError as e:
-            log.warning(
-                "[token-optimizer] session index journal %s not read: %s", self.journal_path, e
-            )
-            return
-        if data is None:
-            return
-        self._journal_exists = True
-        self._journal_bytes = len(data)
-        if not data:
-            return
-        # Whatever it holds, the next full write absorbs it and removes the file.
-        self._dirty = True
-        now = self._clock()
-        lines = data.split(b"\n")
-        bad = 0
-        for lineno, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            why = self._replay_line(raw, now)
-            if why is None:
-                continue
-            bad += 1
-            if bad <= _MAX_JOURNAL_WARNINGS:
-                torn = lineno == len(lines)  # no newline after it: a write cut short
-                log.warning(
-                    "[token-optimizer] session index journal %s: skipping %sline %d (%s)",
-                    self.journal_path.name,
-                    "torn last " if torn else "",
-                    lineno,
-                    why,
-                )
-        if bad > _MAX_JOURNAL_WARNINGS:
-            log.warning(
-                "[token-optimizer] session index journal %s: %d unreadable lines skipped in all",
-                self.journal_path.name,
-                bad,
-            )
-
-    def _replay_line(self, raw: bytes, now: float) -> str | None:
-        """Apply one journal line; return why it was skipped, or ``None`` when applied."""
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return "not valid JSON"
-        if not isinstance(rec, dict):
-            return "not an object"
-        key = rec.get("key")
-        if not isinstance(key, str) or not key:
-            return "no key"
-        if key.startswith("_"):
-            return f"reserved key {key!r}"
-        op = rec.get("op")
-        if op == "del":
-            self._entries.pop(key, None)
-            self._journaled.add(key)
+    def _db(self, create: bool) -> sqlite3.Connection | None:
+        """The connection; ``None`` when there is no index yet and ``create`` is false."""
+        if self._conn is not None:
+            return self._conn
+        legacy = os.path.lexists(self.legacy_path) or os.path.lexists(self.journal_path)
+        if not create and not legacy and not os.path.lexists(self.path):
             return None
-        if op != "put":
-            return f"unknown op {op!r}"
-        e, _ = _parse_entry(key, rec.get("entry"), now, "session index journal")
-        if e is None:
-            return "unusable entry"
-        cur = self._entries.get(key)
-        if cur is not None and cur.session_id == e.session_id and cur.updated_s > e.updated_s:
-            # A line the index already absorbed (crash between the index write and
-            # the journal removal): never move last activity back.
-            e.updated_s = cur.updated_s
-            e.updated_iso = cur.updated_iso
-        self._entries[key] = e
-        self._journaled.add(key)
-        return None
-
-    def _serialise(self) -> bytes:
-        doc: dict[str, Any] = {README_KEY: README_TEXT}
-        for key, e in self._entries.items():
-            doc[key] = e.to_json(key)
-        return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-
-    def _write_locked(self) -> None:
-        """Serialise and atomically replace the file, then drop the journal (caller holds the lock).
-
-        Raises when the index write fails (the journal is then kept).
-        """
-        ensure_dir(self.path.parent, base=self.path.parent)
-        data = self._serialise()
-        if self._corrupt_file:
-            backup = self.path.with_name(self.path.name + ".corrupt")
-            try:
-                st = os.lstat(self.path)
-            except FileNotFoundError:
-                pass
-            else:
-                if stat.S_ISREG(st.st_mode) and not os.path.lexists(backup):
-                    os.replace(self.path, backup)
-            self._corrupt_file = False
-        atomic_write(self.path, data)  # fsynced file and directory: durable before the journal goes
-        self._dirty = False
-        self._unjournaled.clear()
-        self._index_bytes = len(data)
-        self.flush_count += 1
-        self._reset_journal_locked()
-
-    def _reset_journal_locked(self) -> None:
-        """Remove the journal after a durable index write (its lines are all in the index).
-
-        A crash before the removal reaches the disk only replays absorbed lines.
-        A symlink or other non-regular file at the path is left alone.
-        """
-        if not self._journal_exists:
-            return
-        p = self.journal_path
+        target = ":memory:"
         try:
-            st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                os.unlink(p)
-        except FileNotFoundError:
-            pass
+            root = ensure_dir(self.paths.root, base=self.paths.root)
+            if self._file_ok(root):
+                target = str(root / DB_NAME)
         except OSError as e:
-            # Kept: replaying it is idempotent, and _journaled still guards prunes.
-            log.warning("[token-optimizer] session index journal %s not removed: %s", p, e)
+            self._warn_once("root", "session index: state root %s unusable (%s); the index is "
+                            "kept in memory only", self.paths.root, e)
+        try:
+            conn = self._connect(target)
+        except sqlite3.DatabaseError as e:
+            if target == ":memory:":
+                raise
+            self._move_aside(e)
+            conn = self._connect(target)
+        self._conn = conn
+        self._memory_only = target == ":memory:"
+        self._import_legacy(conn)
+        return conn
+
+    def _file_ok(self, root: Path) -> bool:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            p = root / (DB_NAME + suffix)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                self._warn_once("file", "session index %s is not a regular file (refused); the "
+                                "index is kept in memory only", p)
+                return False
+        return True
+
+    @staticmethod
+    def _connect(target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            if target != ":memory:":
+                with contextlib.suppress(OSError):
+                    os.chmod(target, FILE_MODE)
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            if conn.execute("SELECT count(*) FROM _README").fetchone()[0] == 0:
+                conn.execute("INSERT INTO _README VALUES(?)", (README_TEXT,))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self, err: BaseException) -> None:
+        """A corrupt database file is kept as ``.corrupt`` (one warning); a new one starts."""
+        self._warn_once("corrupt", "session index %s is unreadable (%s); it is kept as %s.corrupt "
+                        "and a new index is started", self.path, err, self.path.name)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            p = self.path.with_name(DB_NAME + suffix)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    if suffix:
+                        os.unlink(p)
+                    else:
+                        os.replace(p, p.with_name(p.name + ".corrupt"))
+
+    def _import_legacy(self, conn: sqlite3.Connection) -> None:
+        """One-time import of a pre-SQLite ``session-index.json`` and its journal."""
+        if not (os.path.lexists(self.legacy_path) or os.path.lexists(self.journal_path)):
             return
-        self._journal_exists = False
-        self._journal_bytes = 0
-        self._journaled.clear()
+        now = self._clock()
+        with self._tx(conn):
+            if conn.execute("SELECT v FROM meta WHERE k='legacy_imported'").fetchone():
+                return
+            entries, corrupt = _load_legacy_json(self.legacy_path, now)
+            journal = _replay_legacy_journal(self.journal_path, entries, now)
+            for key, e in entries.items():
+                if _encodable(key, e.session_id, e.platform, e.agent):
+                    self._insert(conn, key, e)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES('legacy_imported', ?)", (_iso(now),))
+        for path, ok in ((self.legacy_path, True), (self.journal_path, journal)):
+            suffix = ".corrupt" if corrupt and path == self.legacy_path else ".imported"
+            with contextlib.suppress(OSError):
+                if ok and stat.S_ISREG(os.lstat(path).st_mode):
+                    os.replace(path, path.with_name(path.name + suffix))
+        if entries:
+            log.info("[token-optimizer] session index: imported %d entries from %s into %s",
+                     len(entries), self.legacy_path.name, self.path.name)
 
-    def _journal_locked(self) -> bool:
-        """Append one line per key in ``_unjournaled`` (its full state, or ``del``) and fsync.
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, key: str, e: _Entry) -> None:
+        conn.execute(
+            "INSERT INTO entries(" + _COLS + ", ck, rc) VALUES(?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(key) DO UPDATE SET session_id=excluded.session_id, "
+            "created_at=excluded.created_at, updated_at=excluded.updated_at, "
+            "updated_s=excluded.updated_s, suspended=excluded.suspended, "
+            "platform=excluded.platform, agent=excluded.agent, extra=excluded.extra, "
+            "ck=excluded.ck, rc=excluded.rc",
+            (key, e.session_id, e.created_at, e.updated_iso or _iso(e.updated_s), e.updated_s,
+             int(e.suspended), e.platform, e.agent,
+             orjson.dumps(e.extra).decode() if e.extra else None,
+             _ck_name(e.session_id), _rc_name(e.session_id)),
+        )
 
-        O(number of keys), independent of the index size. Returns ``False``
-        (warned once per index, debug afterwards) when the append failed.
+    @contextlib.contextmanager
+    def _tx(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        self.write_count += 1
+
+    def _run(self, what: str, fn: Callable[[sqlite3.Connection], _T], default: _T,
+             *, create: bool) -> _T:
+        """Run ``fn`` on the database under the lock; never raises.
+
+        A corrupt file is moved aside once and the call retried on a new index.
         """
-        keys = list(self._unjournaled)
-        parts: list[bytes] = []
-        for k in keys:
-            e = self._entries.get(k)
-            rec: dict[str, Any] = (
-                {"op": "del", "key": k}
-                if e is None
-                else {"op": "put", "key": k, "entry": e.to_json(k)}
-            )
-            parts.append(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
-        data = b"".join(parts)
-        try:
-            if not self._journal_exists:
-                ensure_dir(self.path.parent, base=self.path.parent)
-            if _append_durable(self.journal_path, data):
-                fsync_dir(self.journal_path.parent)
-        except Exception as e:
-            level = logging.DEBUG if self._journal_warned else logging.WARNING
-            self._journal_warned = True
-            log.log(
-                level,
-                "[token-optimizer] session index journal append failed (%s); writing the whole "
-                "index instead",
-                e,
-            )
-            return False
-        self._journal_exists = True
-        self._journal_bytes += len(data)
-        self._journaled.update(keys)
-        self._unjournaled.clear()
-        self.journal_count += 1
-        return True
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    conn = self._db(create)
+                    if conn is None:
+                        return default
+                    return fn(conn)
+                except sqlite3.DatabaseError as e:
+                    if _is_busy(e) or attempt == 2:
+                        self._warn_once(f"busy:{what}", "session index %s failed: %s", what, e)
+                        return default
+                    self._move_aside(e)
+                except Exception as e:
+                    log.warning("[token-optimizer] session index %s failed: %s", what, e)
+                    return default
+        return default  # pragma: no cover - the loop always returns
 
-    def _try_write_locked(self, now: float, why: str) -> bool:
-        try:
-            self._write_locked()
-        except Exception as e:
-            log.warning("[token-optimizer] session index write (%s) failed, will retry: %s", why, e)
-            # Coalesced touches wait a full interval before the next attempt;
-            # urgent changes the journal could not take retry on the next message.
-            self._last_flush = now
-            self._write_ok = False
-            return False
-        self._last_flush = now
-        self._write_ok = True
-        return True
-
-    def _maybe_flush_locked(self, now: float) -> None:
-        if not (self._dirty or self._unjournaled):
-            return
-        due = now - self._last_flush >= self.flush_interval_s or now < self._last_flush
-        if due and self._try_write_locked(now, "periodic"):
-            return
-        if self._unjournaled and not self._journal_locked():
-            if not due:  # a failed periodic write was just attempted otherwise
-                self._try_write_locked(now, "new entry")
-            return
-        if self._write_ok and self._journal_bytes >= max(JOURNAL_COMPACT_BYTES, self._index_bytes):
-            self._try_write_locked(now, "journal compaction")
+    def _row(self, conn: sqlite3.Connection, key: str) -> tuple[Any, ...] | None:
+        got: tuple[Any, ...] | None = conn.execute(
+            "SELECT " + _COLS + " FROM entries WHERE key=?", (key,)
+        ).fetchone()
+        return got
 
     # ------------------------------------------------------------ recording
 
@@ -678,27 +691,28 @@ class SessionIndex:
 
         ``platform`` and ``agent`` are optional labels stored on the entry
         (``None`` or empty leaves the stored value unchanged). ``agent`` is the
-        host's agent / profile id; besides being listed by ``token-optimizer
-        sessions`` it names the read-cache files (``<agent>-<session id>.json``)
-        removed with the entry when it is pruned.
+        host's agent / profile id; it names the read-cache files
+        (``<agent>-<session id>.json``) removed with the entry when it is pruned.
 
-        Cost: refreshing a known entry is O(1) in memory; a new entry, a
-        rotation or a platform/agent change appends one fsynced journal line
-        (O(1) in the index size); the whole index is rewritten at most once
-        per ``flush_interval_s``.
+        A key, id or label that cannot be stored (a lone surrogate, which an
+        in-process host can pass) is refused: the call returns ``None`` and
+        every other entry is unaffected. Cost: one small SQLite transaction
+        (no ``fsync``: WAL with ``synchronous=NORMAL``), O(log n).
         """
         if not isinstance(session_key, str) or not session_key or session_key.startswith("_"):
             log.debug("[token-optimizer] session index: ignoring session key %r", session_key)
             return None
         if not isinstance(session_id, str) or not session_id:
-            log.debug(
-                "[token-optimizer] session index: ignoring session id %r for %r",
-                session_id,
-                session_key,
-            )
+            log.debug("[token-optimizer] session index: ignoring session id %r for %r",
+                      session_id, session_key)
             return None
         platform = platform if isinstance(platform, str) and platform else None
         agent = agent if isinstance(agent, str) and agent else None
+        if not _encodable(session_key, session_id, platform, agent):
+            self.rejected += 1
+            self._warn_once("encode", "session index: refusing a session key or id that is not "
+                            "valid Unicode (%r)", session_key)
+            return None
         try:
             with self._lock:
                 return self._touch_locked(session_key, session_id, platform, agent, real_message)
@@ -710,15 +724,12 @@ class SessionIndex:
         self, key: str, sid: str, platform: str | None, agent: str | None, real: bool
     ) -> str | None:
         now = self._clock()
-        entry = self._entries.get(key)
         pending = self._pending.get(key)
-        current = (
-            pending.session_id if pending is not None else (entry.session_id if entry else None)
-        )
-        previous = current if current is not None and current != sid else None
-
         if not real:
-            if entry is not None and entry.session_id == sid:
+            row = self._run("lookup", lambda c: self._row(c, key), None, create=False)
+            current = pending.session_id if pending is not None else (row[1] if row else None)
+            previous = current if current is not None and current != sid else None
+            if row is not None and row[1] == sid:
                 if pending is not None:
                     self._pending.pop(key)
                 return previous
@@ -733,86 +744,74 @@ class SessionIndex:
                     pending.agent = agent
             return previous
 
+        def write(conn: sqlite3.Connection) -> tuple[str | None]:
+            with self._tx(conn):
+                row = self._row(conn, key)
+                current = pending.session_id if pending is not None else (row[1] if row else None)
+                previous = current if current is not None and current != sid else None
+                seed = pending if pending is not None and pending.session_id == sid else None
+                if row is None or row[1] != sid:
+                    # A new lane, or a new conversation under it: unsuspended unless the
+                    # suspension was set while it was still transient.
+                    old = _row_entry(row) if row is not None else None
+                    e = _Entry(
+                        sid,
+                        seed.created_at if seed is not None else _iso(now),
+                        now,
+                        suspended=seed.suspended if seed is not None else False,
+                        platform=platform or (seed.platform if seed else None)
+                        or (old.platform if old else None),
+                        agent=agent or (seed.agent if seed else None) or (old.agent if old else None),
+                        extra=old.extra if old is not None else None,
+                    )
+                    self._insert(conn, key, e)
+                    self._note_id_locked(sid)
+                else:
+                    conn.execute(
+                        "UPDATE entries SET updated_at=?, updated_s=?, platform=coalesce(?, platform),"
+                        " agent=coalesce(?, agent) WHERE key=?",
+                        (_iso(now), now, platform, agent, key),
+                    )
+            return (previous,)
+
+        got = self._run("touch", write, None, create=True)
+        if got is None:
+            return None  # not written: the transient mark stays, retried on the next message
         if pending is not None:
             self._pending.pop(key)
-            if pending.session_id != sid:
-                pending = None
-        if entry is None:
-            entry = _Entry(
-                sid,
-                pending.created_at if pending is not None else _iso(now),
-                now,
-                suspended=pending.suspended if pending is not None else False,
-                platform=platform or (pending.platform if pending is not None else None),
-                agent=agent or (pending.agent if pending is not None else None),
-            )
-            self._entries[key] = entry
-            self._note_id_locked(sid)
-            self._unjournaled[key] = None
-        elif entry.session_id != sid:
-            # A new conversation under the same lane: it starts unsuspended
-            # unless the suspension was set while it was still transient.
-            entry.session_id = sid
-            entry.created_at = pending.created_at if pending is not None else _iso(now)
-            entry.suspended = pending.suspended if pending is not None else False
-            entry.updated_s = now
-            entry.updated_iso = None
-            if platform is not None:
-                entry.platform = platform
-            if agent is not None:
-                entry.agent = agent
-            entry.changed()
-            self._note_id_locked(sid)
-            self._unjournaled[key] = None
-        else:
-            entry.updated_s = now
-            entry.updated_iso = None
-            # Labels are journaled too (rare), so a journal line always holds the
-            # entry's latest state but for updated_at: replaying it is idempotent.
-            if platform is not None and platform != entry.platform:
-                entry.platform = platform
-                self._unjournaled[key] = None
-            if agent is not None and agent != entry.agent:
-                entry.agent = agent
-                self._unjournaled[key] = None
-            entry.changed()
-        self._dirty = True
-        self._maybe_flush_locked(now)
-        return previous
+        return got[0]
 
     def _note_id_locked(self, session_id: str) -> None:
         if self._cleanups:
             self._revived.append(session_id)
 
     def set_suspended(self, session_key: str, suspended: bool) -> None:
-        """Mark an entry suspended (never pruned) or resumed. Journaled at once when it changes."""
+        """Mark an entry suspended (never pruned) or resumed."""
         try:
             with self._lock:
                 flag = bool(suspended)
-                entry = self._entries.get(session_key)
                 pending = self._pending.get(session_key)
                 if pending is not None:
                     pending.suspended = flag
-                if entry is None or (
-                    pending is not None and pending.session_id != entry.session_id
-                ):
-                    if pending is None:
-                        log.debug(
-                            "[token-optimizer] session index: set_suspended on unknown key %r",
-                            session_key,
-                        )
-                    return
-                if entry.suspended != flag:
-                    entry.suspended = flag
-                    entry.changed()
-                    self._dirty = True
-                    self._unjournaled[session_key] = None
-                    self._maybe_flush_locked(self._clock())
+
+                def write(conn: sqlite3.Connection) -> None:
+                    with self._tx(conn):
+                        row = self._row(conn, session_key)
+                        if row is None or (pending is not None and pending.session_id != row[1]):
+                            if pending is None:
+                                log.debug("[token-optimizer] session index: set_suspended on "
+                                          "unknown key %r", session_key)
+                            return
+                        conn.execute("UPDATE entries SET suspended=? WHERE key=?",
+                                     (int(flag), session_key))
+
+                if isinstance(session_key, str) and _encodable(session_key):
+                    self._run("set_suspended", write, None, create=False)
         except Exception as e:
             log.warning("[token-optimizer] session index set_suspended failed: %s", e)
 
     def end_session(self, session_key: str | None = None) -> None:
-        """Session end: drop the key's transient mark and flush pending changes."""
+        """Session end: drop the key's transient mark (the entry itself is already on disk)."""
         with self._lock:
             if session_key is not None:
                 self._pending.pop(session_key)
@@ -826,20 +825,36 @@ class SessionIndex:
             pending = self._pending.get(session_key)
             if pending is not None:
                 return pending.public(session_key, persisted=False)
-            entry = self._entries.get(session_key)
-            return entry.public(session_key, persisted=True) if entry is not None else None
+            if not _encodable(session_key):
+                return None
+            row = self._run("get", lambda c: self._row(c, session_key), None, create=False)
+            return _row_entry(row).public(session_key, persisted=True) if row else None
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        """A copy of every persisted entry (as written to disk), in index order."""
-        with self._lock:
-            return {k: dict(e.to_json(k)) for k, e in self._entries.items()}
+        """A copy of every persisted entry (as stored), in insertion order. O(n): for tools."""
+        def read(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            return {
+                r[0]: dict(_row_entry(r).to_json(r[0]))
+                for r in conn.execute("SELECT " + _COLS + " FROM entries ORDER BY rowid")
+            }
+        return self._run("entries", read, {}, create=False)
 
     def is_persisted(self, session_key: str) -> bool:
-        with self._lock:
-            return session_key in self._entries
+        if not isinstance(session_key, str) or not _encodable(session_key):
+            return False
+        return self._run(
+            "lookup",
+            lambda c: c.execute("SELECT 1 FROM entries WHERE key=?", (session_key,)).fetchone()
+            is not None,
+            False,
+            create=False,
+        )
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._run(
+            "count", lambda c: int(c.execute("SELECT count(*) FROM entries").fetchone()[0]), 0,
+            create=False,
+        )
 
     def pending_count(self) -> int:
         """Sessions held only as transient (never written) marks: handshakes, probes, resets."""
@@ -848,25 +863,22 @@ class SessionIndex:
     # ------------------------------------------------------------ flushing
 
     def flush(self) -> None:
-        """Write the index now (and drop the journal) if anything changed since the last write.
-
-        Never raises. If the write fails, urgent changes not yet journaled are
-        journaled, so they survive (as the journal's earlier lines do).
-        """
-        with self._lock:
-            if not (self._dirty or self._unjournaled):
-                return
-            if not self._try_write_locked(self._clock(), "flush") and self._unjournaled:
-                self._journal_locked()
+        """Every change is committed when made; this only folds the WAL back (never raises)."""
+        def checkpoint(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._run("flush", checkpoint, None, create=False)
 
     def tick(self) -> None:
-        """Write coalesced changes if the flush interval has passed (call from any hook)."""
-        with self._lock:
-            self._maybe_flush_locked(self._clock())
+        """Kept for callers of the file-based index: nothing is ever waiting to be written."""
 
     def close(self) -> None:
-        """Shutdown: flush pending changes."""
-        self.flush()
+        """Shutdown: fold the WAL back and close the connection."""
+        with self._lock:
+            self.flush()
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
 
     # ------------------------------------------------------------ pruning
 
@@ -878,26 +890,30 @@ class SessionIndex:
         try:
             return bool(cb(key))
         except Exception as e:
-            log.debug(
-                "[token-optimizer] session index: %s callback raised for %r (kept): %s",
-                what,
-                key,
-                e,
-            )
+            log.debug("[token-optimizer] session index: %s callback raised for %r (kept): %s",
+                      what, key, e)
             return True
 
-    def _candidates_locked(self, max_age_days: float, now: float) -> list[str]:
+    def _candidates_locked(self, max_age_days: float, now: float) -> list[tuple[str, _Entry]]:
         cutoff = now - max_age_days * 86400.0
-        out: list[str] = []
-        for key, e in list(self._entries.items()):
+        rows: list[tuple[Any, ...]] = self._run(
+            "prune",
+            lambda c: c.execute(
+                "SELECT " + _COLS + " FROM entries WHERE suspended=0 AND updated_s < ? "
+                "ORDER BY rowid", (cutoff,)
+            ).fetchall(),
+            [],
+            create=False,
+        )
+        out: list[tuple[str, _Entry]] = []
+        for r in rows:
+            key = r[0]
             try:
-                if e.suspended or e.updated_s >= cutoff:
-                    continue
                 if self._guarded(self.pending_restore, key, "pending_restore"):
                     continue
                 if self._guarded(self.active_work, key, "active_work"):
                     continue
-                out.append(key)
+                out.append((key, _row_entry(r)))
             except Exception as ex:
                 log.debug("[token-optimizer] session index: prune check failed for %r: %s", key, ex)
         return out
@@ -905,10 +921,8 @@ class SessionIndex:
     @staticmethod
     def _days(max_age_days: object) -> float:
         if isinstance(max_age_days, bool) or not isinstance(max_age_days, (int, float)):
-            log.debug(
-                "[token-optimizer] session index: bad max_age_days %r; pruning skipped",
-                max_age_days,
-            )
+            log.debug("[token-optimizer] session index: bad max_age_days %r; pruning skipped",
+                      max_age_days)
             return 0.0
         if not math.isfinite(max_age_days):
             return 0.0
@@ -920,15 +934,17 @@ class SessionIndex:
         if days <= 0:
             return []
         with self._lock:
-            return self._candidates_locked(days, self._clock() if now is None else now)
+            t = self._clock() if now is None else now
+            return [k for k, _ in self._candidates_locked(days, t)]
 
     def prune_old_entries(self, max_age_days: int, now: float | None = None) -> int:
         """Remove entries idle longer than ``max_age_days``; return how many.
 
         ``max_age_days <= 0`` disables pruning. Suspended entries, entries
         with a pending restore and entries with active background work are
-        kept. The file is rewritten only when something was removed, and each
-        removed session's per-session state under the root is deleted.
+        kept. Each removed session's per-session state under the root is
+        deleted, and so are per-session read-cache and decision files idle as
+        long that belong to no entry (sessions that never had a user turn).
         """
         return len(self.prune_keys(max_age_days, now))
 
@@ -940,39 +956,42 @@ class SessionIndex:
         removed: list[tuple[str, _Entry]] = []
         with self._lock:
             t = self._clock() if now is None else now
-            for key in self._candidates_locked(days, t):
-                try:
-                    removed.append((key, self._entries.pop(key)))
-                except Exception as ex:
-                    log.debug("[token-optimizer] session index: prune of %r failed: %s", key, ex)
-            if not removed:
-                return []
-            # A key the journal still mentions gets a "del" line first, so a crash
-            # between the index write and the journal removal cannot resurrect it.
-            for key, _ in removed:
-                if key in self._journaled:
-                    self._unjournaled[key] = None
-            if self._unjournaled:
-                self._journal_locked()  # on failure the index write below still follows
-            self._dirty = True
-            self._try_write_locked(self._clock(), "prune")
-            live_ids = [e.session_id for e in self._entries.values()]
-            live_ids += [e.session_id for _, e in self._pending.items()]
+            cutoff = t - days * 86400.0
+            candidates = self._candidates_locked(days, t)
+
+            def delete(conn: sqlite3.Connection) -> list[tuple[str, _Entry]]:
+                gone: list[tuple[str, _Entry]] = []
+                with self._tx(conn):
+                    for key, e in candidates:
+                        # Re-checked in the transaction: another process may have
+                        # refreshed, rotated or suspended it since the candidates were read.
+                        cur = conn.execute(
+                            "DELETE FROM entries WHERE key=? AND session_id=? AND suspended=0 "
+                            "AND updated_s < ?", (key, e.session_id, cutoff))
+                        if cur.rowcount:
+                            gone.append((key, e))
+                return gone
+
+            if candidates:
+                removed = self._run("prune", delete, [], create=False)
             self._cleanups += 1
-        # File removal runs outside the lock so messages are not held up by
-        # disk work; ids that come back meanwhile are reported via _revived.
         try:
-            self._remove_session_state(removed, live_ids)
+            self._remove_session_state(removed)
+            orphans = self._remove_orphans(cutoff)
         except Exception as ex:
+            orphans = 0
             log.debug("[token-optimizer] session index: per-session cleanup failed: %s", ex)
         finally:
             with self._lock:
                 self._cleanups -= 1
                 if not self._cleanups:
                     self._revived.clear()
-        log.info(
-            "[token-optimizer] session index: pruned %d entries idle > %g days", len(removed), days
-        )
+        if removed:
+            log.info("[token-optimizer] session index: pruned %d entries idle > %g days",
+                     len(removed), days)
+        if orphans:
+            log.info("[token-optimizer] session index: removed %d per-session files idle > %g "
+                     "days that belong to no session entry", orphans, days)
         return [k for k, _ in removed]
 
     def maybe_prune(self, max_age_days: int, now: float | None = None) -> int | None:
@@ -980,31 +999,50 @@ class SessionIndex:
 
         The first call after start prunes; later calls prune only when an hour
         has passed since the last prune (a clock that went backwards counts as
-        due). Returns the count removed, or ``None`` when gated. Every call
-        also writes coalesced changes if the flush interval has passed.
+        due). Returns the count removed, or ``None`` when gated.
         """
         try:
             with self._lock:
                 t = self._clock() if now is None else now
                 last = self._last_prune
                 due = last is None or t - last >= PRUNE_INTERVAL_S or t < last
-                if due:
-                    self._last_prune = t
-                else:
-                    self._maybe_flush_locked(self._clock())
+                if not due:
                     return None
-            n = self.prune_old_entries(max_age_days, now=t)
-            self.tick()
-            return n
+                self._last_prune = t
+            return self.prune_old_entries(max_age_days, now=t)
         except Exception as e:
             log.warning("[token-optimizer] session index maybe_prune failed: %s", e)
             return None
 
     # ------------------------------------------------------------ per-session files
 
-    def _remove_session_state(
-        self, removed: list[tuple[str, _Entry]], live_ids: Iterable[str]
-    ) -> None:
+    def _live(self, column: str, name: str, extra: set[str]) -> bool:
+        """Whether a live entry, a transient mark or a revived id owns this file name."""
+        if name in extra:
+            return True
+        got = self._run(
+            "lookup",
+            lambda c: c.execute(
+                f"SELECT 1 FROM entries WHERE {column}=? LIMIT 1", (name,)
+            ).fetchone() is not None,
+            True,  # unknown: keep the file
+            create=False,
+        )
+        return bool(got)
+
+    def _transient_names(self, have: _Transient | None) -> _Transient:
+        """File names owned by transient marks and by ids revived during a removal.
+
+        Recomputed only when an id was revived since ``have`` was built.
+        """
+        with self._lock:
+            n = len(self._revived)
+            if have is not None and have[2] == n:
+                return have
+            ids = [e.session_id for _, e in self._pending.items()] + self._revived
+        return {_ck_name(s) for s in ids}, {_rc_name(s) for s in ids}, n
+
+    def _remove_session_state(self, removed: list[tuple[str, _Entry]]) -> None:
         """Delete checkpoints, read-cache, decisions and hint files of removed sessions.
 
         Safety: each parent directory must pass :func:`safe_dir` (a real
@@ -1012,11 +1050,12 @@ class SessionIndex:
         :func:`remove_tree_safely`. Single files are handled relative to an
         ``O_NOFOLLOW`` descriptor of their verified parent: a one-component
         name is ``lstat``-ed (must be a regular file) and unlinked, so no
-        symlink is ever followed and nothing outside the parent is reachable
-        (the same guarantee as :func:`safe_file`, without two ``realpath``
-        walks per file). A name still owned by a live session (two ids can
-        sanitise to the same name) is left alone.
+        symlink is ever followed and nothing outside the parent is reachable.
+        A name still owned by a live session (two ids can sanitise to the same
+        name, or the id came back meanwhile) is left alone.
         """
+        if not removed:
+            return
         root = self.paths.root
         if not safe_dir(root, root.parent):
             return
@@ -1029,20 +1068,11 @@ class SessionIndex:
         dec_names = _names_in(dec_root) if rc_ok and safe_dir(dec_root, rc_root) else set()
         if not (ck_names or rc_names or dec_names):
             return
-
-        # Read-cache ids that own at least one file: "<agent>-<id>.json" can only
-        # belong to an id equal to a dash-separated suffix of the stem.
         rc_ids: set[str] = set()
         for name in rc_names:
-            if name.endswith(".json"):
-                stem = name[:-5]
-                i = stem.find("-")
-                while i >= 0:
-                    rc_ids.add(stem[i + 1 :])
-                    i = stem.find("-", i + 1)
+            rc_ids.update(_rc_candidates(name))
         dec_ids = {n[:-6] for n in dec_names if n.endswith(".jsonl")}
 
-        # Pass 1 (names only, no syscalls): which removed sessions own something?
         hits: list[tuple[str, str, list[str], list[str]]] = []  # ck, rc, rc files, dec files
         for key, e in removed:
             try:
@@ -1068,36 +1098,76 @@ class SessionIndex:
                 log.debug("[token-optimizer] session index: cleanup of %r failed: %s", key, ex)
         if not hits:
             return
-
-        # Pass 2: never touch a name still owned by a live session (including
-        # ids that came back while this removal runs).
-        live_ck = {_ck_name(s) for s in live_ids}
-        live_rc = {_rc_name(s) for s in live_ids}
-        seen_revived = 0
+        transient: _Transient | None = None
         with (
             _DirFd(rc_root if rc_names else None) as rc_fd,
             _DirFd(dec_root if dec_names else None) as dec_fd,
         ):
             for ck, rc, rc_files, dec_files in hits:
                 try:
-                    with self._lock:
-                        fresh = self._revived[seen_revived:]
-                    if fresh:
-                        seen_revived += len(fresh)
-                        live_ck.update(_ck_name(s) for s in fresh)
-                        live_rc.update(_rc_name(s) for s in fresh)
-                    if ck and ck not in live_ck:
+                    transient = self._transient_names(transient)
+                    t_ck, t_rc, _ = transient
+                    if ck and not self._live("ck", ck, t_ck):
                         try:
                             remove_tree_safely(ck_root / ck, ck_root)
                         except UnsafePathError as ex:
                             log.debug("[token-optimizer] session index: kept %s: %s", ck, ex)
-                    if rc in live_rc:
+                    if self._live("rc", rc, t_rc):
                         continue
                     for fd, names in ((rc_fd, rc_files), (dec_fd, dec_files)):
                         for name in names:
                             _unlink_regular(fd, name)
                 except Exception as ex:
                     log.debug("[token-optimizer] session index: cleanup of %s failed: %s", rc, ex)
+
+    def _remove_orphans(self, cutoff: float) -> int:
+        """Per-session read-cache, hint and decision files idle since before ``cutoff``
+        that no entry owns: sessions with no user turn (cron, heartbeat) never get an
+        entry, so this is what bounds their files. Returns the number removed."""
+        root = self.paths.root
+        rc_root = self.paths.read_cache
+        if not (safe_dir(root, root.parent) and safe_dir(rc_root, root)):
+            return 0
+        dec_root = self.paths.decisions
+        removed = 0
+        transient: _Transient | None = None
+        for directory, is_dec in ((rc_root, False), (dec_root, True)):
+            if is_dec and not safe_dir(dec_root, rc_root):
+                continue
+            with _DirFd(directory) as fd:
+                if fd is None:
+                    continue
+                for name in sorted(_names_in(directory)):
+                    ids = ([name[:-6]] if name.endswith(".jsonl") else []) if is_dec \
+                        else _rc_candidates(name)
+                    if not ids:
+                        continue
+                    try:
+                        st = os.lstat(name, dir_fd=fd)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff:
+                        continue
+                    transient = self._transient_names(transient)
+                    if any(self._live("rc", i, transient[1]) for i in ids):
+                        continue
+                    if _unlink_regular(fd, name):
+                        removed += 1
+        return removed
+
+
+def _rc_candidates(name: str) -> list[str]:
+    """Session names a ``<agent>-<session>.json`` read-cache file can belong to (dash suffixes)."""
+    if not name.endswith(".json"):
+        return []
+    stem = name[:-5]
+    out: list[str] = []
+    i = stem.find("-")
+    while i >= 0:
+        if stem[i + 1 :]:
+            out.append(stem[i + 1 :])
+        i = stem.find("-", i + 1)
+    return out
 
 
 class _DirFd:
@@ -1122,17 +1192,19 @@ class _DirFd:
             self.fd = None
 
 
-def _unlink_regular(dir_fd: int | None, name: str) -> None:
+def _unlink_regular(dir_fd: int | None, name: str) -> bool:
     """Unlink ``name`` inside ``dir_fd`` if it is a regular file (never a symlink or directory)."""
     if dir_fd is None or not name or "/" in name or name in (".", ".."):
-        return
+        return False
     try:
         st = os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
-        return
+        return False
     if stat.S_ISREG(st.st_mode):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,189 @@
+"""The SQLite checkpoint index behind continuity's candidate discovery (issue 11, item 5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from token_optimizer import checkpoint_index as ci
+from token_optimizer.checkpoint_index import CheckpointIndex
+from token_optimizer.continuity import Continuity
+from token_optimizer.fsutil import StatePaths, safe_file
+from token_optimizer.jsutil import iso_from_ms, now_ms, parse_iso_ms
+
+DAY = 86_400_000
+
+
+def write(paths: StatePaths, sid: str, *, age_ms: float = 3_600_000, name: str | None = None,
+          trigger: str = "compact", body: str = "x") -> Path:
+    d = paths.checkpoints / sid
+    d.mkdir(parents=True, exist_ok=True)
+    iso = iso_from_ms(now_ms() - age_ms)
+    f = d / (name or f"{iso.replace(':', '-').replace('.', '-')}-{trigger}.md")
+    f.write_text(body)
+    with open(d / "manifest.jsonl", "a") as fh:
+        fh.write(json.dumps({"file": str(f), "trigger": trigger, "createdAt": iso}) + "\n")
+    return f
+
+
+def scan(paths: StatePaths, days: float) -> list[tuple[str, str, str, float]]:
+    """A brute-force reading of analysis.md section 6.4, for comparison."""
+    root = Path(os.path.realpath(paths.checkpoints))
+    cutoff = now_ms() - days * DAY
+    out: list[tuple[str, str, str, float]] = []
+    for name in sorted(os.listdir(root)):
+        d = root / name
+        if d.is_symlink() or not d.is_dir():
+            continue
+        m = d / "manifest.jsonl"
+        if not safe_file(m, d):
+            continue
+        for line in m.read_text().split("\n"):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict) or not (row.get("file") and row.get("trigger")
+                                                 and row.get("createdAt")):
+                continue
+            ts = parse_iso_ms(row["createdAt"])
+            if math.isnan(ts) or ts < cutoff or not safe_file(Path(row["file"]), d):
+                continue
+            out.append((os.path.realpath(row["file"]), name, row["trigger"], ts))
+    out.sort(key=lambda r: -r[3])
+    return out
+
+
+def rows(idx: CheckpointIndex, days: float = 7, limit: int | None = None) -> list[tuple[str, str, str, float]]:
+    return [r[:4] for r in idx.newest(days, now_ms(), limit)]
+
+
+def test_matches_a_full_scan_through_random_changes(paths: StatePaths) -> None:
+    rnd = random.Random(7)
+    paths.checkpoints.mkdir(parents=True)
+    idx = CheckpointIndex(paths)
+    sids = [f"s{i}" for i in range(40)]
+    for step in range(60):
+        sid = rnd.choice(sids)
+        action = rnd.random()
+        if action < 0.6:
+            write(paths, sid, age_ms=rnd.choice([1000, 3_600_000, 3 * DAY, 8 * DAY]),
+                  name=f"c{step}.md", trigger=rnd.choice(["compact", "progressive-50"]))
+        elif not (paths.checkpoints / sid).exists():
+            continue
+        elif action < 0.8:
+            files = sorted((paths.checkpoints / sid).glob("*.md"))
+            if files:
+                files[0].unlink()  # the 7-day cleanup, or a user
+        else:
+            with open(paths.checkpoints / sid / "manifest.jsonl", "a") as fh:
+                fh.write("{torn")  # a torn line; the next append glues onto it
+        # Every directory is re-checked within ceil(dirs / SWEEP_BATCH) queries.
+        for _ in range(-(-len(sids) // ci.SWEEP_BATCH) + 1):
+            got = rows(idx)
+        assert got == scan(paths, 7), step
+        assert rows(idx, limit=5) == scan(paths, 7)[:5]
+
+
+def test_new_session_dirs_are_seen_at_once(paths: StatePaths) -> None:
+    idx = CheckpointIndex(paths)
+    write(paths, "a")
+    assert [r[1] for r in rows(idx)] == ["a"]
+    write(paths, "b", age_ms=1000)  # another process, the same millisecond tick
+    assert [r[1] for r in rows(idx)] == ["b", "a"]
+
+
+def test_note_capture_reads_only_the_new_tail(paths: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    idx = CheckpointIndex(paths)
+    write(paths, "s", age_ms=5000, name="one.md")
+    assert len(rows(idx)) == 1
+    reads: list[int] = []
+    real = ci._read_from
+    monkeypatch.setattr(ci, "_read_from", lambda p, off: reads.append(off) or real(p, off))
+    size = (paths.checkpoints / "s" / "manifest.jsonl").stat().st_size
+    write(paths, "s", age_ms=1000, name="two.md")
+    idx.note_capture("s")
+    assert reads == [size]
+    assert [Path(r[0]).name for r in rows(idx)] == ["two.md", "one.md"]
+
+
+def test_two_instances_share_one_index(paths: StatePaths) -> None:
+    a, b = CheckpointIndex(paths), CheckpointIndex(paths)
+    write(paths, "s1")
+    assert len(rows(a)) == 1
+    write(paths, "s1", age_ms=10, name="later.md")
+    a.note_capture("s1")
+    assert next(Path(r[0]).name for r in rows(b)) == "later.md"
+    assert b.db_path.exists() and b.db_path == a.db_path
+
+
+def test_corrupt_index_is_rebuilt_with_one_warning(paths: StatePaths, caplog: pytest.LogCaptureFixture) -> None:
+    write(paths, "s1")
+    idx = CheckpointIndex(paths)
+    assert len(rows(idx)) == 1
+    idx.close()
+    for suffix in ("-wal", "-shm"):
+        Path(str(idx.db_path) + suffix).unlink(missing_ok=True)
+    idx.db_path.write_bytes(b"this is not a database" * 100)
+    fresh = CheckpointIndex(paths)
+    with caplog.at_level(logging.WARNING, logger="token_optimizer"):
+        assert len(rows(fresh)) == 1
+        assert len(rows(fresh)) == 1
+    warned = [r for r in caplog.records if "checkpoint index" in r.getMessage()]
+    assert len(warned) == 1 and "rebuilding" in warned[0].getMessage()
+    assert fresh.rebuilds == 1
+
+
+def test_symlink_at_the_index_path_is_never_followed(paths: StatePaths, tmp_path: Path) -> None:
+    write(paths, "s1")
+    target = tmp_path / "elsewhere.db"
+    target.write_bytes(b"")
+    os.symlink(target, paths.root / ci.DB_NAME)
+    idx = CheckpointIndex(paths)
+    assert len(rows(idx)) == 1  # served from memory
+    assert target.read_bytes() == b""
+
+
+def test_old_rows_of_deleted_files_are_pruned(paths: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = write(paths, "s1", age_ms=9 * DAY, name="old.md")
+    write(paths, "s1", age_ms=1000, name="new.md")
+    idx = CheckpointIndex(paths)
+    rows(idx)
+    conn = idx._open()
+    assert conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == 2
+    old.unlink()  # what the 7-day cleanup does; the manifest still lists it
+    idx._last_prune = -math.inf
+    rows(idx)
+    assert [Path(r[0]).name for r in conn.execute("SELECT path FROM checkpoints")] == ["new.md"]
+    # A file that still exists is kept: a longer look-back may still ask for it.
+    write(paths, "s2", age_ms=20 * DAY, name="kept.md")
+    idx._last_prune = -math.inf
+    assert [r[1] for r in rows(idx, days=30)] == ["s1", "s2"]
+
+
+def test_removed_session_dirs_lose_their_rows(paths: StatePaths) -> None:
+    write(paths, "gone")
+    write(paths, "stays")
+    idx = CheckpointIndex(paths)
+    assert len(rows(idx)) == 2
+    for f in (paths.checkpoints / "gone").iterdir():
+        f.unlink()
+    (paths.checkpoints / "gone").rmdir()
+    assert [r[1] for r in rows(idx)] == ["stays"]
+    conn = idx._open()
+    assert [r[0] for r in conn.execute("SELECT name FROM dirs")] == ["stays"]
+
+
+def test_continuity_uses_the_index_after_a_restart(paths: StatePaths) -> None:
+    write(paths, "sess-a", body="# Session Checkpoint (v2)\nkeepwarm daemon interval tuning\n")
+    Continuity(paths, lambda *a: None).list_all_checkpoints()
+    again = Continuity(paths, lambda *a: None)
+    out = again.first_turn("tune the keepwarm daemon interval", "new-one", "")
+    assert out.kind == "continuity" and out.source == "sess-a"
+    assert again.index.listings == 1  # one listing at start-up, nothing re-read

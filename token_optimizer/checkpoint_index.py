@@ -1,0 +1,488 @@
+"""A SQLite index of every session's ``manifest.jsonl``, kept up to date incrementally.
+
+Continuity needs, on a session's first user turn, the newest checkpoints of
+every other session (analysis.md §6.4). Scanning ``checkpoints/*/manifest.jsonl``
+makes that turn O(sessions on disk). This index makes it O(1) in the number of
+sessions: one ``stat`` of the checkpoint root, a bounded sweep and one indexed
+query.
+
+The checkpoint files and manifests stay exactly as they are (the TypeScript
+plugin reads and writes them too); the index is a *cache* of them and can always
+be rebuilt from the disk:
+
+* ``<root>/checkpoint-index.sqlite3`` (WAL, ``synchronous=NORMAL``), shared by
+  every process on the state root. Table ``dirs`` holds, per session
+  directory, the manifest's ``(size, mtime_ns, inode)`` and the byte offset up
+  to which its complete lines were read; ``checkpoints`` holds one row per
+  valid manifest line (keyed by directory and byte offset, so a row read by two
+  processes is stored once).
+* **Our writes.** :meth:`note_capture` reads the new tail of one manifest right
+  after the store appended to it (from the stored offset, not the whole file).
+* **Other writers** (another process, the TypeScript plugin): a new session
+  directory changes the root's mtime, which is checked on every query (one
+  ``stat``); then the root is listed and unknown directories are read. On a large
+  root (more than ``SMALL_ROOT`` directories) that listing runs at most every
+  ``RECONCILE_INTERVAL_S``. Appends to known directories are found by a
+  round-robin sweep that re-``lstat``s ``SWEEP_BATCH`` manifests per query.
+* **Validation.** A manifest row is indexed only if its ``file`` is a regular,
+  non-symlink file inside its (real, non-symlink) session directory; the stored
+  path is its realpath. At query time every returned path is ``lstat``-ed again,
+  so a deleted or swapped checkpoint is skipped exactly as a fresh scan would
+  skip it.
+* **Bounded.** Rows older than ``max(look-back, 7 days)`` are deleted (at most
+  once per ``PRUNE_INTERVAL_S``); directories that disappear (the 7-day cleanup)
+  lose their rows on the next sweep or listing.
+* **Corruption.** Any ``sqlite3.DatabaseError`` other than a busy lock makes the
+  index move the file aside, log one warning, and rebuild from the disk. If the
+  file cannot be used at all (e.g. a symlink is planted at its path) a private
+  in-memory index is used instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from token_optimizer.fsutil import O_NOFOLLOW, StatePaths, real_dir, safe_file
+from token_optimizer.jsutil import loads, parse_iso_ms
+
+log = logging.getLogger("token_optimizer")
+
+DB_NAME = "checkpoint-index.sqlite3"
+SCHEMA_VERSION = "1"
+SMALL_ROOT = 2000
+"""Up to this many session directories, a changed root is listed on every query."""
+RECONCILE_INTERVAL_S = 5.0
+"""On a larger root, a changed root is listed at most this often."""
+SWEEP_BATCH = 16
+"""Known manifests re-``lstat``-ed per query (finds appends by other writers)."""
+PRUNE_INTERVAL_S = 3600.0
+PRUNE_BATCH = 1000
+"""Old rows checked per prune (their file gone: deleted)."""
+CLEANUP_DAYS = 7
+DAY_MS = 86_400_000
+ROOT_STABLE_NS = 50_000_000
+"""A root mtime this much older than the clock is trusted (coarse file-system clocks)."""
+
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+Row = tuple[str, str, str, float]
+"""``(realpath, session directory name, trigger, createdAt ms)``."""
+Listed = tuple[str, str, str, float, tuple[int, int, int]]
+"""A :data:`Row` plus the file's ``(size, mtime_ns, inode)`` at query time."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirs(
+    name TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, off INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints(
+    dir TEXT NOT NULL, off INTEGER NOT NULL, path TEXT NOT NULL, trigger TEXT NOT NULL,
+    created_ms REAL NOT NULL, PRIMARY KEY(dir, off)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS checkpoints_newest ON checkpoints(created_ms DESC, dir, off);
+"""
+
+
+def parse_manifest_line(line: str, session_dir: Path) -> Row | None:
+    """One manifest line -> an index row, or ``None`` (bad JSON, missing keys, unsafe file)."""
+    try:
+        row = loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    file_, trigger, created = row.get("file"), row.get("trigger"), row.get("createdAt")
+    if not (isinstance(file_, str) and file_ and isinstance(trigger, str) and trigger and created):
+        return None
+    ts = parse_iso_ms(created)
+    if math.isnan(ts):
+        return None
+    target = Path(file_)
+    if not safe_file(target, session_dir):
+        return None
+    return os.path.realpath(target), session_dir.name, trigger, ts
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    """Bytes of a regular file from ``offset`` (refuses symlinks, FIFOs and the like)."""
+    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"not a regular file: {path}")
+        chunks: list[bytes] = []
+        pos = offset
+        while chunk := os.pread(fd, 1 << 20, pos):
+            chunks.append(chunk)
+            pos += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _encodable(name: str) -> bool:
+    """Names with undecodable bytes (surrogate escapes) are never session directories."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_busy(err: sqlite3.Error) -> bool:
+    msg = str(err).lower()
+    return isinstance(err, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+
+class CheckpointIndex:
+    """Process-shared, self-healing index of checkpoint manifests (see the module docstring)."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._db_root: Path | None = None
+        self._root_seen: tuple[int, int] | None = None  # (mtime_ns, ino) of the last listing
+        self._last_listing = -math.inf
+        self._last_prune = -math.inf
+        self._prune_after = -math.inf
+        self._sweep_after = ""
+        self._dir_count = 0
+        self._warned = False
+        self.rebuilds = 0
+        """Times the index was rebuilt from the disk after an error (for tests)."""
+        self.listings = 0
+        """Times the checkpoint root was listed (for tests and the benchmark)."""
+
+    # ------------------------------------------------------------ connection
+
+    @property
+    def db_path(self) -> Path:
+        return self.paths.root / DB_NAME
+
+    def _usable_db_file(self, root: Path) -> bool:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            p = root / (DB_NAME + suffix)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+            if not stat.S_ISREG(st.st_mode):
+                self._warn_once(f"checkpoint index {p} is not a regular file; using memory only")
+                return False
+        return True
+
+    def _warn_once(self, msg: str) -> None:
+        level = logging.DEBUG if self._warned else logging.WARNING
+        self._warned = True
+        log.log(level, "[token-optimizer] %s", msg)
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        state_root = real_dir(self.paths.root)
+        target = ":memory:"
+        if state_root is not None and self._usable_db_file(state_root):
+            target = str(state_root / DB_NAME)
+        try:
+            conn = self._connect(target)
+        except sqlite3.DatabaseError as err:
+            if target == ":memory:":
+                raise
+            self._discard_file(state_root, err)
+            try:
+                conn = self._connect(target)
+            except sqlite3.DatabaseError:
+                conn = self._connect(":memory:")
+        self._conn = conn
+        self._db_root = state_root
+        self._root_seen = None
+        return conn
+
+    def _connect(self, target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=5.0, isolation_level=None, check_same_thread=False)
+        try:
+            if target != ":memory:":
+                with contextlib.suppress(OSError):
+                    os.chmod(target, 0o600)
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            got = conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+            if got is None:
+                conn.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
+            elif got[0] != SCHEMA_VERSION:
+                conn.executescript("DELETE FROM checkpoints; DELETE FROM dirs;")
+                conn.execute("UPDATE meta SET v=? WHERE k='schema'", (SCHEMA_VERSION,))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _discard_file(self, state_root: Path | None, err: BaseException) -> None:
+        if state_root is None:
+            return
+        self._warn_once(
+            f"checkpoint index {state_root / DB_NAME} is unreadable ({err}); rebuilding it "
+            "from the checkpoint manifests"
+        )
+        self.rebuilds += 1
+        for suffix in ("-wal", "-shm", "-journal", ""):
+            p = state_root / (DB_NAME + suffix)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    os.unlink(p)
+
+    def _reset(self, err: BaseException) -> None:
+        """Drop a broken connection and its file; the next use rebuilds from the disk."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        root = self._db_root
+        if root is not None:
+            self._discard_file(root, err)
+        self._root_seen = None
+        self._sweep_after = ""
+
+    @contextlib.contextmanager
+    def _tx(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = None
+
+    # ------------------------------------------------------------ ingest
+
+    def _ingest_dir(self, conn: sqlite3.Connection, root: Path, name: str) -> None:
+        """Bring one session directory's rows up to date (caller holds the transaction)."""
+        session_dir = root / name
+        try:
+            if not stat.S_ISDIR(os.lstat(session_dir).st_mode):
+                raise FileNotFoundError(name)
+            mst = os.lstat(session_dir / "manifest.jsonl")
+            if not stat.S_ISREG(mst.st_mode):
+                raise FileNotFoundError(name)
+        except OSError:
+            # Not (or no longer) a session directory with a manifest: no rows. It stays
+            # known while it exists, so the sweep notices a manifest appearing later.
+            conn.execute("DELETE FROM checkpoints WHERE dir=?", (name,))
+            if os.path.lexists(session_dir):
+                conn.execute("INSERT OR REPLACE INTO dirs VALUES(?, -1, 0, 0, 0)", (name,))
+            else:
+                conn.execute("DELETE FROM dirs WHERE name=?", (name,))
+            return
+        key = (mst.st_size, mst.st_mtime_ns, mst.st_ino)
+        known = conn.execute(
+            "SELECT size, mtime_ns, ino, off FROM dirs WHERE name=?", (name,)
+        ).fetchone()
+        if known is not None and tuple(known[:3]) == key:
+            return
+        start = 0
+        if known is not None and known[2] == mst.st_ino and 0 <= known[3] <= mst.st_size:
+            start = int(known[3])  # an append: read only the new tail
+        try:
+            data = _read_from(session_dir / "manifest.jsonl", start)
+        except OSError:
+            return
+        conn.execute("DELETE FROM checkpoints WHERE dir=? AND off>=?", (name, start))
+        rows: list[tuple[str, int, str, str, float]] = []
+        pos = 0
+        end = len(data)
+        while pos < end:
+            nl = data.find(b"\n", pos)
+            stop = end if nl < 0 else nl
+            line = data[pos:stop]
+            if line:
+                got = parse_manifest_line(line.decode("utf-8", errors="replace"), session_dir)
+                if got is not None:
+                    rows.append((name, start + pos, got[0], got[2], got[3]))
+            if nl < 0:
+                break
+            pos = nl + 1
+        last_nl = data.rfind(b"\n")
+        # An unterminated last line is indexed but re-read next time (it may grow or glue).
+        new_off = start + last_nl + 1 if last_nl >= 0 else start
+        conn.executemany("INSERT OR REPLACE INTO checkpoints VALUES(?,?,?,?,?)", rows)
+        if key[0] != new_off:
+            key = (-1, key[1], key[2])  # partial line: never treat this state as fully read
+        conn.execute(
+            "INSERT OR REPLACE INTO dirs VALUES(?,?,?,?,?)", (name, key[0], key[1], key[2], new_off)
+        )
+
+    def _listing(self, conn: sqlite3.Connection, root: Path, names: list[str]) -> None:
+        known = {r[0] for r in conn.execute("SELECT name FROM dirs")}
+        current = set(names)
+        with self._tx(conn):
+            for name in sorted(current - known):
+                self._ingest_dir(conn, root, name)
+            for name in known - current:
+                conn.execute("DELETE FROM checkpoints WHERE dir=?", (name,))
+                conn.execute("DELETE FROM dirs WHERE name=?", (name,))
+        self._dir_count = len(current)
+        self.listings += 1
+
+    def _catch_up(self, conn: sqlite3.Connection, root: Path) -> None:
+        try:
+            rst = os.stat(root)
+        except OSError:
+            return
+        seen = (rst.st_mtime_ns, rst.st_ino)
+        clock = time.monotonic()
+        if seen != self._root_seen and (
+            self._dir_count <= SMALL_ROOT or clock - self._last_listing >= RECONCILE_INTERVAL_S
+        ):
+            stable = time.time_ns() - rst.st_mtime_ns > ROOT_STABLE_NS
+            try:
+                names = [n for n in os.listdir(root) if _encodable(n)]
+            except OSError:
+                return
+            self._listing(conn, root, names)
+            self._last_listing = clock
+            # A root changed within the file-system clock's resolution may change again
+            # without a new mtime: list it again next time.
+            self._root_seen = seen if stable else None
+        self._sweep(conn, root)
+
+    def _sweep(self, conn: sqlite3.Connection, root: Path) -> None:
+        batch = conn.execute(
+            "SELECT name, size, mtime_ns, ino FROM dirs WHERE name>? ORDER BY name LIMIT ?",
+            (self._sweep_after, SWEEP_BATCH),
+        ).fetchall()
+        if len(batch) < SWEEP_BATCH:
+            self._sweep_after = ""
+        else:
+            self._sweep_after = batch[-1][0]
+        stale: list[str] = []
+        for name, size, mtime_ns, ino in batch:
+            try:
+                mst = os.lstat(root / name / "manifest.jsonl")
+                key = (mst.st_size, mst.st_mtime_ns, mst.st_ino)
+            except OSError:
+                key = (-1, 0, 0)
+            if key != (size, mtime_ns, ino):
+                stale.append(name)
+        if stale:
+            with self._tx(conn):
+                for name in stale:
+                    self._ingest_dir(conn, root, name)
+
+    def _prune(self, conn: sqlite3.Connection, look_back_days: float, now: float) -> None:
+        """Drop rows past the look-back (and the 7-day cleanup) whose checkpoint file is gone.
+
+        A row whose file still exists is kept: a longer look-back may ask for it. Rows
+        of directories that disappear go with the listing and the sweep.
+        """
+        clock = time.monotonic()
+        if clock - self._last_prune < PRUNE_INTERVAL_S:
+            return
+        self._last_prune = clock
+        days = CLEANUP_DAYS if math.isnan(look_back_days) else max(look_back_days, CLEANUP_DAYS)
+        old = conn.execute(
+            "SELECT dir, off, path, created_ms FROM checkpoints WHERE created_ms < ? AND created_ms > ?"
+            " ORDER BY created_ms LIMIT ?",
+            (now - days * DAY_MS, self._prune_after, PRUNE_BATCH),
+        ).fetchall()
+        self._prune_after = -math.inf if len(old) < PRUNE_BATCH else float(old[-1][3])
+        gone = [(d, o) for d, o, path, _ in old if not os.path.lexists(path)]
+        if gone:
+            with self._tx(conn):
+                conn.executemany("DELETE FROM checkpoints WHERE dir=? AND off=?", gone)
+
+    # ------------------------------------------------------------ public API
+
+    def note_capture(self, session_dir_name: str) -> None:
+        """Our store just appended to ``<root>/<session_dir_name>/manifest.jsonl``. Never raises."""
+        with self._lock:
+            root = real_dir(self.paths.checkpoints)
+            if root is None:
+                return
+            try:
+                conn = self._open()
+                with self._tx(conn):
+                    self._ingest_dir(conn, root, session_dir_name)
+            except sqlite3.Error as err:
+                if not _is_busy(err):
+                    self._reset(err)
+                log.debug("[token-optimizer] checkpoint index update failed: %s", err)
+            except Exception as err:
+                log.debug("[token-optimizer] checkpoint index update failed: %s", err)
+
+    def newest(
+        self, look_back_days: float, now: float, limit: int | None = None
+    ) -> list[Listed]:
+        """Valid checkpoints newer than the look-back, newest first (ties: directory, line order).
+
+        ``look_back_days`` NaN disables the age filter. Never raises; an unusable
+        index is rebuilt once, and ``[]`` is returned only when the root is absent
+        or refused (a symlink).
+        """
+        with self._lock:
+            root = real_dir(self.paths.checkpoints)
+            if root is None:
+                return []
+            for attempt in (1, 2):
+                try:
+                    conn = self._open()
+                    try:
+                        self._catch_up(conn, root)
+                        self._prune(conn, look_back_days, now)
+                    except sqlite3.Error as err:
+                        if not _is_busy(err):
+                            raise
+                        log.debug("[token-optimizer] checkpoint index busy: %s", err)
+                    return self._query(conn, root, look_back_days, now, limit)
+                except sqlite3.Error as err:
+                    if attempt == 2 or _is_busy(err):
+                        log.debug("[token-optimizer] checkpoint index query failed: %s", err)
+                        return []
+                    self._reset(err)
+                except Exception as err:
+                    log.debug("[token-optimizer] checkpoint index query failed: %s", err)
+                    return []
+            return []  # pragma: no cover - the loop always returns
+
+    def _query(
+        self, conn: sqlite3.Connection, root: Path, look_back_days: float, now: float,
+        limit: int | None,
+    ) -> list[Listed]:
+        sql = "SELECT path, dir, trigger, created_ms FROM checkpoints"
+        args: tuple[float, ...] = ()
+        if not math.isnan(look_back_days):
+            sql += " WHERE created_ms >= ?"
+            args = (now - look_back_days * DAY_MS,)
+        sql += " ORDER BY created_ms DESC, dir, off"
+        out: list[Listed] = []
+        for path, name, trigger, created in conn.execute(sql, args):
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            out.append((path, name, trigger, float(created), (st.st_size, st.st_mtime_ns, st.st_ino)))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
