@@ -911,3 +911,21 @@ def test_default_session_key_reads_the_gateway_contextvar(
     assert hp._default_session_key() == "agent:main:telegram:dm:42"
     monkeypatch.setitem(sys.modules, "gateway.session_context", None)
     assert hp._default_session_key() == ""  # no gateway (CLI, or not Hermes): fall back
+
+
+def test_unencodable_session_id_poisons_nothing(rt: TokenOptimizer, windows: ContextWindows,
+                                                tmp_path: Path) -> None:
+    """Issue 11 item 2: a lone surrogate from an in-process host is made encodable at the
+    boundary; later sessions still reach the index and the stop path does not raise."""
+    plugin = make(rt, windows, tmp_path)
+    ctx = attach(plugin)
+    bad = "chat-\ud800"
+    ctx.invoke("pre_llm_call", **turn_kwargs(bad, "hello \udfff there"))
+    ctx.invoke("post_api_request", **usage_kwargs(bad, 50_000))
+    for i in range(5):
+        ctx.invoke("pre_llm_call", **turn_kwargs(f"later-{i}", "a normal chat"))
+    assert rt.status("chat-\\ud800")["fillPct"] == 25.0  # escaped, distinct, tracked
+    rt.gateway_stop()  # must not raise
+    for i in range(5):
+        assert rt.index.get(f"later-{i}") is not None
+    assert rt.index.get("chat-\\ud800") is not None

@@ -74,6 +74,8 @@ from token_optimizer.events import (
     ToolBefore,
     TurnPrepare,
     Usage,
+    clean_id,
+    clean_text,
     token_count,
 )
 from token_optimizer.hooks import HERMES_HOOKS
@@ -201,7 +203,7 @@ def messages_from_history(history: object) -> list[Message]:
         if not text:
             continue
         ts = m.get("timestamp")
-        out.append(Message(role, text, ts if isinstance(ts, str) else None))
+        out.append(Message(role, clean_text(text), ts if isinstance(ts, str) else None))
     return out
 
 
@@ -518,7 +520,7 @@ class HermesPlugin:
         return self._pre_llm_call(kwargs)
 
     def _pre_llm_call(self, kw: Mapping[str, Any]) -> dict[str, str] | None:
-        sid = _nonempty_str(kw.get("session_id"))
+        sid = clean_id(kw.get("session_id"))
         if sid is None:
             return None
         key, rotated_from = self._resolve(sid)
@@ -533,7 +535,7 @@ class HermesPlugin:
                 self._compacted(key, sid, sid, message_count=n)
         self.summaries.set(sid, digest)
         prompt = kw.get("user_message")
-        prompt_text = prompt if isinstance(prompt, str) else _openai_content_text(prompt)
+        prompt_text = clean_text(prompt if isinstance(prompt, str) else _openai_content_text(prompt))
         out: HookOutcome = self.runtime.turn_prepare(TurnPrepare(
             ident=self._ident(sid, key),
             prompt=prompt_text,
@@ -557,7 +559,7 @@ class HermesPlugin:
         self._post_api_request(kwargs)
 
     def _post_api_request(self, kw: Mapping[str, Any]) -> None:
-        sid = _nonempty_str(kw.get("session_id"))
+        sid = clean_id(kw.get("session_id"))
         usage = kw.get("usage")
         if sid is None or not isinstance(usage, Mapping):
             return
@@ -590,7 +592,7 @@ class HermesPlugin:
 
     @never_raises
     def pre_tool_call(self, **kwargs: Any) -> dict[str, str] | None:
-        sid = _nonempty_str(kwargs.get("session_id"))
+        sid = clean_id(kwargs.get("session_id"))
         name = _nonempty_str(kwargs.get("tool_name"))
         if name is None:
             return None
@@ -613,7 +615,7 @@ class HermesPlugin:
 
     @never_raises
     def post_tool_call(self, **kwargs: Any) -> None:
-        sid = _nonempty_str(kwargs.get("session_id"))
+        sid = clean_id(kwargs.get("session_id"))
         name = _nonempty_str(kwargs.get("tool_name"))
         if name is None:
             return
@@ -633,7 +635,7 @@ class HermesPlugin:
 
     @never_raises
     def on_session_start(self, **kwargs: Any) -> None:
-        sid = _nonempty_str(kwargs.get("session_id"))
+        sid = clean_id(kwargs.get("session_id"))
         if sid is None:
             return
         key, rotated_from = self._resolve(sid)
@@ -645,7 +647,7 @@ class HermesPlugin:
     def on_session_finalize(self, **kwargs: Any) -> None:
         """The real end of a session (shutdown, expiry, /new, CLI boundary)."""
         reason = _nonempty_str(kwargs.get("reason"))
-        ids = [_nonempty_str(kwargs.get("session_id")), _nonempty_str(kwargs.get("old_session_id"))]
+        ids = [clean_id(kwargs.get("session_id")), clean_id(kwargs.get("old_session_id"))]
         targets = [s for s in dict.fromkeys(ids) if s is not None]
         for sid in targets:
             self._end_later(sid, self.key_of.get(sid) or sid, reason)
@@ -656,8 +658,8 @@ class HermesPlugin:
     @never_raises
     def on_session_reset(self, **kwargs: Any) -> None:
         """``/new`` or ``/reset``: the old id ends, the new one starts fresh."""
-        old = _nonempty_str(kwargs.get("old_session_id"))
-        new = _nonempty_str(kwargs.get("new_session_id")) or _nonempty_str(kwargs.get("session_id"))
+        old = clean_id(kwargs.get("old_session_id"))
+        new = clean_id(kwargs.get("new_session_id")) or clean_id(kwargs.get("session_id"))
         key = (self.key_of.get(old) if old else None) or None
         if old is not None and old != new:
             self._end_later(old, key or old, _nonempty_str(kwargs.get("reason")) or "reset")
@@ -669,14 +671,14 @@ class HermesPlugin:
 
     @never_raises
     def subagent_start(self, **kwargs: Any) -> None:
-        child = _nonempty_str(kwargs.get("child_session_id"))
+        child = clean_id(kwargs.get("child_session_id"))
         if child is not None:
             self.subagents.add(child)
             self.key_of.set(child, child)
 
     @never_raises
     def subagent_stop(self, **kwargs: Any) -> None:
-        child = _nonempty_str(kwargs.get("child_session_id"))
+        child = clean_id(kwargs.get("child_session_id"))
         if child is not None:
             self._end_later(child, child, "subagent_stop")
 

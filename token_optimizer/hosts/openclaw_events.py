@@ -31,6 +31,8 @@ from token_optimizer.events import (
     ToolBefore,
     TurnPrepare,
     Usage,
+    clean_id,
+    clean_text,
     token_count,
 )
 from token_optimizer.hosts.core_api import Core
@@ -55,10 +57,17 @@ def identity_from_ctx(ctx: Mapping[str, Any], event: Mapping[str, Any] | None = 
             sid = event.get("sessionId")
         if key is None:
             key = event.get("sessionKey")
-    sid_s = _str_or_none(sid)
-    key_s = _str_or_none(key)
+    sid_s = _id_or_none(sid)
+    key_s = _id_or_none(key)
     return Identity(session_id=sid_s if sid_s is not None else key_s, session_key=key_s,
-                    agent_id=_str_or_none(ctx.get("agentId")))
+                    agent_id=_id_or_none(ctx.get("agentId")))
+
+
+def _id_or_none(v: object) -> str | None:
+    """A host id made encodable at the boundary (``""`` stays ``""``: the core says so)."""
+    if isinstance(v, str) and v:
+        return clean_id(v)
+    return _str_or_none(v)
 
 
 _TOOL_CALL_BLOCKS = ("toolCall", "tool_use", "toolUse", "function_call")
@@ -101,7 +110,7 @@ def messages_from_payload(raw: object) -> list[Message] | None:
         if not isinstance(role, str):
             continue
         ts = m.get("timestamp")
-        out.append(Message(role, _openclaw_content_text(m.get("content")),
+        out.append(Message(role, clean_text(_openclaw_content_text(m.get("content"))),
                            ts if isinstance(ts, str) else None))
     return out
 
@@ -163,7 +172,7 @@ def _ts_turn_prepare(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> 
         rt.host_queued(key, [_queued(q) for q in queued])
     return rt.turn_prepare(TurnPrepare(
         ident=ident,
-        prompt=prompt if isinstance(prompt, str) else "",
+        prompt=clean_text(prompt),
         is_user_turn=cx.get("trigger") == "user",
         job_id=str(cx["jobId"]) if cx.get("jobId") else None,
         messages=messages_from_payload(ev.get("messages")),
