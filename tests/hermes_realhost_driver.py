@@ -79,7 +79,8 @@ class Stub(BaseHTTPRequestHandler):
                              "last_role": last.get("role"), "tools": has_tools,
                              "n": len(msgs)})
         fills = FILL_RE.findall(users[-1]) if users else []
-        prompt = int(fills[-1]) if fills else 1000
+        # the first FILL= is the user's own; later ones can come from text a plugin appended
+        prompt = int(fills[0]) if fills else 1000
         text: str | None = f"ok ({len(msgs)} messages)"
         tool_call = None
         if not has_tools:
