@@ -23,26 +23,83 @@ def sid(i: int) -> str:
 # ---------------------------------------------------------------- eviction waves
 
 
-def test_set_wave_of_2500_keeps_newest_2000() -> None:
-    s: BoundedSet[str] = BoundedSet("wave-set")
-    for i in range(2500):
-        s.add(sid(i))
-    assert len(s) == CAP
-    assert all(sid(i) not in s for i in range(500))
-    assert all(sid(i) in s for i in range(500, 2500))
-    assert s.keys() == [sid(i) for i in range(500, 2500)]
-    assert s.evictions == 500
+class BoundedContract:
+    """What both bounded collections promise; run over each class (like cachetools'
+    ``CacheTestMixin`` is run over every cache)."""
+
+    def make(self, name: str, cap: int | None = None) -> Any:
+        raise NotImplementedError
+
+    def put(self, c: Any, key: str, value: int) -> None:
+        raise NotImplementedError
+
+    def test_wave_of_2500_keeps_newest_2000(self) -> None:
+        c = self.make("wave")
+        for i in range(2500):
+            self.put(c, sid(i), i)
+        assert len(c) == CAP
+        assert all(sid(i) not in c for i in range(500))
+        assert all(sid(i) in c for i in range(500, 2500))
+        assert c.keys() == [sid(i) for i in range(500, 2500)]
+        assert c.evictions == 500
+
+    def test_cap_is_read_at_use_time(self, small_cap: int) -> None:
+        c = self.make("retuned")
+        for i in range(25):
+            self.put(c, sid(i), i)
+        assert len(c) == small_cap and c.keys()[0] == sid(25 - small_cap)
+
+    def test_explicit_cap_and_never_the_key_just_written(self) -> None:
+        c = self.make("one", cap=1)
+        for i in range(5):
+            self.put(c, sid(i), i)
+            assert c.keys() == [sid(i)]
+        assert c.evictions == 4
+
+    def test_discard_and_clear(self) -> None:
+        c = self.make("discard")
+        self.put(c, "a", 1)
+        self.put(c, "b", 2)
+        assert c.discard("a") is True and c.discard("a") is False
+        assert c.keys() == ["b"]
+        c.clear()
+        assert len(c) == 0
+
+    def test_threads_stay_within_the_cap(self) -> None:
+        c = self.make("threads")
+
+        def work(t: int) -> None:
+            for i in range(1500):
+                self.put(c, f"{t}-{i}", i)
+
+        ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert len(c) == CAP and c.evictions == 4 * 1500 - CAP
 
 
-def test_map_wave_of_2500_keeps_newest_2000() -> None:
-    m: BoundedMap[str, int] = BoundedMap("wave-map")
-    for i in range(2500):
-        m.set(sid(i), i)
-    assert len(m) == CAP
-    assert all(sid(i) not in m for i in range(500))
-    assert [m[sid(i)] for i in range(500, 2500)] == list(range(500, 2500))
-    assert m.keys()[0] == sid(500)
-    assert m.evictions == 500
+class TestBoundedSet(BoundedContract):
+    def make(self, name: str, cap: int | None = None) -> BoundedSet[str]:
+        return BoundedSet(name, cap=cap, register=False)
+
+    def put(self, c: Any, key: str, value: int) -> None:
+        c.add(key)
+
+
+class TestBoundedMap(BoundedContract):
+    def make(self, name: str, cap: int | None = None) -> BoundedMap[str, int]:
+        return BoundedMap(name, cap=cap, register=False)
+
+    def put(self, c: Any, key: str, value: int) -> None:
+        c.set(key, value)
+
+    def test_values_follow_their_keys(self) -> None:
+        m = self.make("values")
+        for i in range(2500):
+            m.set(sid(i), i)
+        assert [m[sid(i)] for i in range(500, 2500)] == list(range(500, 2500))
 
 
 def test_map_refreshed_key_survives_second_wave_unrefreshed_neighbour_does_not() -> None:

@@ -65,21 +65,27 @@ class _Bounded:
         return max(1, self._cap) if self._cap is not None else current_cap()
 
     def _trim(self) -> None:
-        """Evict oldest entries while over the cap; the caller holds the lock.
+        """The one eviction rule: oldest first while over the cap. The caller holds
+        the lock and has just written a key at the newest position.
 
-        Callers write a key at the newest position just before, and the cap is at
-        least 1, so while the size exceeds the cap the oldest key is never the one
-        just written: the "never evict the key just written" rule holds by
-        construction.
+        The cap is at least 1, so while the size exceeds it the oldest key is never
+        the one just written ("never evict the key just written" holds by
+        construction). Steady churn (one over the cap) takes a one-out fast path.
         """
         data = self._data
-        cap = self._cap if self._cap is not None else MAX_TRACKED_SESSIONS
-        if len(data) <= cap:  # fast path: no eviction needed
+        cap = self._cap
+        limit = MAX_TRACKED_SESSIONS if cap is None else cap
+        size = len(data)
+        if size <= limit:  # under the cap: nothing to do
             return
-        cap = max(1, int(cap))
+        if size == limit + 1 and limit >= 1:  # steady churn: one out, one in
+            data.popitem(last=False)
+            self.evictions += 1
+            return
+        limit = max(1, int(limit))
         popitem = data.popitem
         n = 0
-        while len(data) > cap:
+        while len(data) > limit:
             popitem(last=False)
             n += 1
         self.evictions += n
@@ -122,15 +128,7 @@ class BoundedSet(_Bounded, Generic[K]):
             if key in data:
                 return False
             data[key] = None
-            cap = self._cap
-            limit = MAX_TRACKED_SESSIONS if cap is None else cap
-            size = len(data)
-            if size > limit:
-                if size == limit + 1 and limit >= 1:  # steady churn: one out, one in
-                    data.popitem(last=False)
-                    self.evictions += 1
-                else:
-                    self._trim()
+            self._trim()
             return True
 
     def keys(self) -> list[K]:
@@ -153,15 +151,7 @@ class BoundedMap(_Bounded, Generic[K, V]):
             if key in data:
                 data.move_to_end(key)
             data[key] = value
-            cap = self._cap
-            limit = MAX_TRACKED_SESSIONS if cap is None else cap
-            size = len(data)
-            if size > limit:
-                if size == limit + 1 and limit >= 1:  # steady churn: one out, one in
-                    data.popitem(last=False)
-                    self.evictions += 1
-                else:
-                    self._trim()
+            self._trim()
 
     def get(self, key: K, default: V | None = None) -> V | None:
         """Read without reordering."""
