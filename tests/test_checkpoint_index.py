@@ -187,3 +187,21 @@ def test_continuity_uses_the_index_after_a_restart(paths: StatePaths) -> None:
     out = again.first_turn("tune the keepwarm daemon interval", "new-one", "")
     assert out.kind == "continuity" and out.source == "sess-a"
     assert again.index.listings == 1  # one listing at start-up, nothing re-read
+
+
+def test_row_read_before_its_file_is_renamed_into_place_is_not_lost(paths: StatePaths) -> None:
+    """The store commits a capture by its manifest row, then renames the file into place;
+    another thread or process may index the row in between (a race seen under threads)."""
+    f = write(paths, "s1", trigger="progressive-20")
+    idx = CheckpointIndex(paths)
+    assert len(rows(idx)) == 1
+    d = paths.checkpoints / "s1"
+    iso = iso_from_ms(now_ms() - 1000)
+    late = d / "late-progressive-35.md"
+    with open(d / "manifest.jsonl", "a") as fh:  # the row first ...
+        fh.write(json.dumps({"file": str(late), "trigger": "progressive-35", "createdAt": iso}) + "\n")
+    idx.note_capture("s1")  # ... indexed before the file exists
+    assert [r[2] for r in rows(idx)] == ["progressive-20"]  # not listed while missing
+    late.write_text("y")  # ... then the rename lands
+    assert sorted(r[2] for r in rows(idx)) == ["progressive-20", "progressive-35"]
+    assert f.exists()

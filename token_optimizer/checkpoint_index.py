@@ -51,7 +51,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from token_optimizer.fsutil import O_NOFOLLOW, StatePaths, real_dir, safe_file
+from token_optimizer.fsutil import O_NOFOLLOW, StatePaths, is_within, real_dir
 from token_optimizer.jsutil import loads, parse_iso_ms
 
 log = logging.getLogger("token_optimizer")
@@ -108,9 +108,23 @@ def parse_manifest_line(line: str, session_dir: Path) -> Row | None:
     if math.isnan(ts):
         return None
     target = Path(file_)
-    if not safe_file(target, session_dir):
+    # The file may not exist yet: the store appends the manifest row (its commit
+    # point) before renaming the checkpoint into place, and another process may
+    # read the row in between. Its place is checked now, its existence at query time.
+    try:
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            return None
+    except FileNotFoundError:
+        pass
+    except OSError:
         return None
-    return os.path.realpath(target), session_dir.name, trigger, ts
+    real = os.path.realpath(target)
+    try:
+        if not is_within(Path(os.path.realpath(session_dir)), Path(real)):
+            return None
+    except OSError:
+        return None
+    return real, session_dir.name, trigger, ts
 
 
 def _read_from(path: Path, offset: int) -> bytes:
