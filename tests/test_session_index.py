@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from token_optimizer import fsutil
 from token_optimizer import session_index as si
 from token_optimizer.config import (
     DEFAULT_SESSION_STORE_MAX_AGE_DAYS,
@@ -460,7 +461,7 @@ def test_file_removal_runs_outside_the_lock_and_spares_revived_ids(
         (paths.checkpoints / sid).mkdir(parents=True)
         (paths.checkpoints / sid / "a.md").write_text("x")
     idx = make(paths)
-    real = si.remove_tree_safely  # type: ignore[attr-defined]
+    real = fsutil.remove_tree_safely  # the checkpoint store removes its own directories
     calls: list[str] = []
 
     def removing(path: Path, root: Path) -> int:
@@ -474,7 +475,7 @@ def test_file_removal_runs_outside_the_lock_and_spares_revived_ids(
             assert not t.is_alive()
         return int(real(path, root))
 
-    monkeypatch.setattr(si, "remove_tree_safely", removing)
+    monkeypatch.setattr(fsutil, "remove_tree_safely", removing)
     assert idx.prune_old_entries(90) == 2
     assert calls == ["first"]
     assert not (paths.checkpoints / "first").exists()
@@ -1084,12 +1085,12 @@ def test_write_failure_keeps_the_transient_mark_and_retries(
     real = SessionIndex._insert
     fail = {"on": True}
 
-    def flaky(conn: sqlite3.Connection, key: str, e: Any) -> None:
+    def flaky(self: SessionIndex, conn: sqlite3.Connection, key: str, e: Any) -> None:
         if fail["on"]:
             raise sqlite3.OperationalError("disk I/O error")
-        real(conn, key, e)
+        real(self, conn, key, e)
 
-    monkeypatch.setattr(SessionIndex, "_insert", staticmethod(flaky))
+    monkeypatch.setattr(SessionIndex, "_insert", flaky)
     with caplog.at_level(logging.WARNING, logger="token_optimizer"):
         idx.touch("k", "s")
     assert idx.get("k")["persisted"] is False  # type: ignore[index]

@@ -851,3 +851,61 @@ class CheckpointStore:
     def cleanup(self, max_age_days: int = 7) -> int:
         """Delete checkpoint-area files older than ``max_age_days`` (by mtime)."""
         return self.policy.cleanup_artifacts(max_age_days)
+
+
+# ---------------------------------------------------------------- per-session files
+
+
+class CheckpointFiles:
+    """What the checkpoint store keeps on disk for a session: ``checkpoints/<sid>/``
+    (its ``.md`` files, ``manifest.jsonl`` and ``policy-state.json``), and how it
+    goes away. The session index calls this when it prunes a session."""
+
+    column = "ck"
+    """The session index column that holds :meth:`disk_name` for each entry."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+
+    @staticmethod
+    def disk_name(session_id: str) -> str:
+        return _checkpoint_sid(session_id)
+
+    def session_files(self, session_id: str, agents: Iterable[str] = ()) -> list[str]:
+        name = self.disk_name(session_id)
+        return [] if name == "invalid-session" else [name]
+
+    def remove(self, names: Iterable[str]) -> int:
+        """Delete the named session directories (no symlink followed); returns the count."""
+        root = self.paths.checkpoints
+        n = 0
+        for name in names:
+            if not name or "/" in name or name in (".", ".."):
+                continue
+            if not os.path.lexists(root / name):
+                continue
+            try:
+                fsutil.remove_tree_safely(root / name, root)
+                n += 1
+            except (OSError, fsutil.UnsafePathError) as exc:
+                log.debug("[token-optimizer] kept checkpoints of %s: %s", name, exc)
+        return n
+
+    def size(self, names: Iterable[str]) -> int:
+        """Bytes of regular files under the named session directories."""
+        total = 0
+        for name in names:
+            d = self.paths.checkpoints / name
+            if not fsutil.safe_dir(d, self.paths.root):
+                continue
+            for dirpath, _dirs, files in os.walk(d, followlinks=False):
+                for f in files:
+                    with contextlib.suppress(OSError):
+                        st = os.lstat(os.path.join(dirpath, f))
+                        if stat.S_ISREG(st.st_mode):
+                            total += st.st_size
+        return total
+
+    def idle_files(self, cutoff: float) -> list[tuple[str, list[str]]]:
+        """None: checkpoint files are bounded by the store's own 7-day cleanup."""
+        return []

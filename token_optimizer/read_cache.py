@@ -36,8 +36,9 @@ import logging
 import math
 import os
 import re
+import stat
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from token_optimizer.delta_diff import compute_delta
 from token_optimizer.fsutil import (
     CheckedDir,
     StatePaths,
+    UnsafePathError,
     open_checked_dir,
     remove_stale_temps,
     sanitize_removing,
@@ -732,3 +734,141 @@ class ReadCache:
         with self._delta_lock:
             delta = len(self._delta)
         return {"read_cache.delta": delta, "read_cache.agents": len(self._agents)}
+
+
+# ---------------------------------------------------------------- per-session files
+
+
+class ReadCacheFiles:
+    """What the read cache keeps on disk for a session, and how it goes away.
+
+    Per session: ``read-cache/<agent>-<session>.json`` for each agent prefix,
+    ``read-cache/hint-serves-<session>.json`` and ``read-cache/decisions/<session>.jsonl``.
+    The session index calls these methods when it prunes a session; it knows no
+    file name itself. Every operation goes through a checked directory (no symlink
+    is followed, nothing outside the state root is reached).
+    """
+
+    column = "rc"
+    """The session index column that holds :meth:`disk_name` for each entry."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+
+    @staticmethod
+    def disk_name(session_id: str) -> str:
+        """The session part of this store's file names."""
+        return sanitize_removing(session_id or "", "unknown")
+
+    def session_files(self, session_id: str, agents: Iterable[str]) -> list[str]:
+        """Names (relative to ``read-cache/``) this store may keep for the session.
+
+        ``agents`` are the agent / platform ids the session was seen with; the
+        ``default`` prefix is always included.
+        """
+        sess = self.disk_name(session_id)
+        if sess == "unknown":
+            return []
+        prefixes = {sanitize_removing(a, "default") for a in agents if a} | {"default"}
+        names = [f"{p}-{sess}.json" for p in sorted(prefixes)]
+        return [*names, ReadCache._hint_name(session_id), f"decisions/{sess}.jsonl"]
+
+    def _checked(self) -> CheckedDir | None:
+        try:
+            return open_checked_dir(self.paths.root, self.paths.read_cache)
+        except (OSError, UnsafePathError):
+            return None
+
+    def _each(self, names: Iterable[str], fn: Callable[[CheckedDir, str], int]) -> int:
+        d = self._checked()
+        if d is None:
+            return 0
+        total = 0
+        with d:
+            dec: CheckedDir | None = None
+            try:
+                for rel in names:
+                    sub, _, name = rel.rpartition("/")
+                    target = d
+                    if sub == "decisions":
+                        if dec is None:
+                            try:
+                                dec = d.subdir("decisions")
+                            except (OSError, UnsafePathError):
+                                continue
+                        target = dec
+                    elif sub:
+                        continue
+                    with contextlib.suppress(OSError):
+                        total += fn(target, name)
+            finally:
+                if dec is not None:
+                    dec.close()
+        return total
+
+    def remove(self, names: Iterable[str]) -> int:
+        """Delete the named regular files; returns how many were removed."""
+        def unlink(d: CheckedDir, name: str) -> int:
+            if not stat.S_ISREG(d.lstat(name).st_mode):
+                return 0
+            d.unlink(name)
+            return 1
+        return self._each(names, unlink)
+
+    def size(self, names: Iterable[str]) -> int:
+        """Bytes of the named regular files."""
+        def size_of(d: CheckedDir, name: str) -> int:
+            st = d.lstat(name)
+            return st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return self._each(names, size_of)
+
+    def idle_files(self, cutoff: float) -> list[tuple[str, list[str]]]:
+        """Files untouched since ``cutoff`` (epoch seconds), each with the session
+        names it may belong to (an agent prefix may itself contain ``-``)."""
+        out: list[tuple[str, list[str]]] = []
+        d = self._checked()
+        if d is None:
+            return out
+        with d:
+            for name in sorted(_listdir(d)):
+                owners = _owner_candidates(name)
+                if owners and _idle(d, name, cutoff):
+                    out.append((name, owners))
+            try:
+                dec = d.subdir("decisions")
+            except (OSError, UnsafePathError):
+                return out
+            with dec:
+                for name in sorted(_listdir(dec)):
+                    if name.endswith(".jsonl") and _idle(dec, name, cutoff):
+                        out.append((f"decisions/{name}", [name[:-6]]))
+        return out
+
+
+def _listdir(d: CheckedDir) -> list[str]:
+    try:
+        return d.listdir()
+    except OSError:
+        return []
+
+
+def _idle(d: CheckedDir, name: str, cutoff: float) -> bool:
+    try:
+        st = d.lstat(name)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff
+
+
+def _owner_candidates(name: str) -> list[str]:
+    """Session names a ``<prefix>-<session>.json`` file can belong to (every dash split)."""
+    if not name.endswith(".json"):
+        return []
+    stem = name[:-5]
+    out: list[str] = []
+    i = stem.find("-")
+    while i >= 0:
+        if stem[i + 1:]:
+            out.append(stem[i + 1:])
+        i = stem.find("-", i + 1)
+    return out

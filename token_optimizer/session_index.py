@@ -53,15 +53,14 @@ import functools
 import logging
 import math
 import os
-import re
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -73,11 +72,7 @@ from token_optimizer.fsutil import (
     UnsafePathError,
     ensure_dir,
     read_text_no_follow,
-    remove_tree_safely,
     resolve_paths,
-    safe_dir,
-    sanitize_checkpoint_id,
-    sanitize_removing,
 )
 from token_optimizer.jsutil import iso_from_ms, parse_iso_ms
 
@@ -142,19 +137,25 @@ def _iso(seconds: float) -> str:
     return f"{_iso_second(sec)}.{milli:03d}Z"
 
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
+class SessionFiles(Protocol):
+    """What a store keeps on disk for a session, named and removed by the store itself."""
+
+    column: str
+    """``ck`` or ``rc``: the index column that holds :meth:`disk_name` per entry."""
+
+    def disk_name(self, session_id: str) -> str: ...
+    def session_files(self, session_id: str, agents: Iterable[str]) -> list[str]: ...
+    def remove(self, names: Iterable[str]) -> int: ...
+    def size(self, names: Iterable[str]) -> int: ...
+    def idle_files(self, cutoff: float) -> list[tuple[str, list[str]]]: ...
 
 
-def _ck_name(session_id: str) -> str:
-    """:func:`sanitize_checkpoint_id` with a fast path for ids that are already safe."""
-    return session_id if _SAFE_NAME.fullmatch(session_id) else sanitize_checkpoint_id(session_id)
+def default_session_files(paths: StatePaths) -> tuple[SessionFiles, ...]:
+    """The checkpoint store's and the read cache's per-session files."""
+    from token_optimizer.checkpoints import CheckpointFiles
+    from token_optimizer.read_cache import ReadCacheFiles
 
-
-def _rc_name(session_id: str) -> str:
-    """:func:`sanitize_removing` (empty -> ``unknown``) with the same fast path."""
-    if _SAFE_NAME.fullmatch(session_id):
-        return session_id
-    return sanitize_removing(session_id, "unknown")
+    return (CheckpointFiles(paths), ReadCacheFiles(paths))
 
 
 class _Entry:
@@ -232,14 +233,6 @@ def _agent_from_key(session_key: str) -> str | None:
     if len(parts) >= 3 and parts[0] == "agent" and parts[1]:
         return parts[1]
     return None
-
-
-def _names_in(directory: Path) -> set[str]:
-    try:
-        with os.scandir(directory) as it:
-            return {e.name for e in it}
-    except OSError:
-        return set()
 
 
 def _parse_entry(key: str, value: object, now: float, where: str) -> tuple[_Entry | None, bool]:
@@ -479,8 +472,12 @@ class SessionIndex:
         flush_interval_s: float = 30.0,
         pending_restore: KeyCallback | None = None,
         clock: Callable[[], float] = time.time,
+        files: Sequence[SessionFiles] | None = None,
     ) -> None:
         self.paths = paths
+        self.files: tuple[SessionFiles, ...] = tuple(files) if files is not None else (
+            default_session_files(paths))
+        """The stores' per-session files (each store names and removes its own)."""
         self.path = paths.root / DB_NAME
         self.legacy_path = paths.session_index
         self.journal_path = self.legacy_path.with_name(JOURNAL_NAME)
@@ -606,8 +603,7 @@ class SessionIndex:
             log.info("[token-optimizer] session index: imported %d entries from %s into %s",
                      len(entries), self.legacy_path.name, self.path.name)
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, key: str, e: _Entry) -> None:
+    def _insert(self, conn: sqlite3.Connection, key: str, e: _Entry) -> None:
         conn.execute(
             "INSERT INTO entries(" + _COLS + ", ck, rc) VALUES(?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT(key) DO UPDATE SET session_id=excluded.session_id, "
@@ -618,7 +614,7 @@ class SessionIndex:
             (key, e.session_id, e.created_at, e.updated_iso or _iso(e.updated_s), e.updated_s,
              int(e.suspended), e.platform, e.agent,
              orjson.dumps(e.extra).decode() if e.extra else None,
-             _ck_name(e.session_id), _rc_name(e.session_id)),
+             *self._names(e.session_id)),
         )
 
     @contextlib.contextmanager
@@ -1030,6 +1026,11 @@ class SessionIndex:
         )
         return bool(got)
 
+    def _names(self, session_id: str) -> tuple[str, str]:
+        """The ``ck`` and ``rc`` columns: the stores' own names for the session's files."""
+        by_col = {f.column: f.disk_name(session_id) for f in self.files}
+        return by_col.get("ck", ""), by_col.get("rc", "")
+
     def _transient_names(self, have: _Transient | None) -> _Transient:
         """File names owned by transient marks and by ids revived during a removal.
 
@@ -1040,207 +1041,55 @@ class SessionIndex:
             if have is not None and have[2] == n:
                 return have
             ids = [e.session_id for _, e in self._pending.items()] + self._revived
-        return {_ck_name(s) for s in ids}, {_rc_name(s) for s in ids}, n
+        names = [self._names(s) for s in ids]
+        return {ck for ck, _ in names}, {rc for _, rc in names}, n
 
     def _remove_session_state(self, removed: list[tuple[str, _Entry]]) -> None:
-        """Delete checkpoints, read-cache, decisions and hint files of removed sessions.
+        """Have each store delete what it keeps for the removed sessions.
 
-        Safety: each parent directory must pass :func:`safe_dir` (a real
-        directory inside the root). Checkpoint directories go through
-        :func:`remove_tree_safely`. Single files are handled relative to an
-        ``O_NOFOLLOW`` descriptor of their verified parent: a one-component
-        name is ``lstat``-ed (must be a regular file) and unlinked, so no
-        symlink is ever followed and nothing outside the parent is reachable.
-        A name still owned by a live session (two ids can sanitise to the same
-        name, or the id came back meanwhile) is left alone.
+        The stores name their own files (:meth:`SessionFiles.session_files`) and
+        remove them without following symlinks; a name still owned by a live
+        session (two ids can sanitise to the same name, or the id came back
+        meanwhile) is left alone.
         """
         if not removed:
             return
-        root = self.paths.root
-        if not safe_dir(root, root.parent):
-            return
-        ck_root = self.paths.checkpoints
-        ck_names = _names_in(ck_root) if safe_dir(ck_root, root) else set()
-        rc_root = self.paths.read_cache
-        rc_ok = safe_dir(rc_root, root)
-        rc_names = _names_in(rc_root) if rc_ok else set()
-        dec_root = self.paths.decisions
-        dec_names = _names_in(dec_root) if rc_ok and safe_dir(dec_root, rc_root) else set()
-        if not (ck_names or rc_names or dec_names):
-            return
-        rc_ids: set[str] = set()
-        for name in rc_names:
-            rc_ids.update(_rc_candidates(name))
-        dec_ids = {n[:-6] for n in dec_names if n.endswith(".jsonl")}
-
-        hits: list[tuple[str, str, list[str], list[str]]] = []  # ck, rc, rc files, dec files
+        transient: _Transient | None = None
         for key, e in removed:
             try:
-                sid = e.session_id
-                ck = _ck_name(sid)
-                if ck not in ck_names or ck == "invalid-session":
-                    ck = ""
-                rc = _rc_name(sid)
-                rc_files: list[str] = []
-                dec_files: list[str] = []
-                if rc != "unknown" and rc in rc_ids:
-                    agents = {
-                        _agent_name(a) for a in (e.agent, e.platform, _agent_from_key(key)) if a
-                    }
-                    agents.add("default")
-                    agents.add("hint-serves")
-                    rc_files = [f"{a}-{rc}.json" for a in agents if f"{a}-{rc}.json" in rc_names]
-                if rc != "unknown" and rc in dec_ids:
-                    dec_files.append(f"{rc}.jsonl")
-                if ck or rc_files or dec_files:
-                    hits.append((ck, rc, rc_files, dec_files))
+                transient = self._transient_names(transient)
+                agents = [a for a in (e.agent, e.platform, _agent_from_key(key)) if a]
+                for store in self.files:
+                    name = store.disk_name(e.session_id)
+                    extra = transient[0] if store.column == "ck" else transient[1]
+                    if self._live(store.column, name, extra):
+                        continue
+                    store.remove(store.session_files(e.session_id, agents))
             except Exception as ex:
                 log.debug("[token-optimizer] session index: cleanup of %r failed: %s", key, ex)
-        if not hits:
-            return
-        transient: _Transient | None = None
-        with (
-            _DirFd(rc_root if rc_names else None) as rc_fd,
-            _DirFd(dec_root if dec_names else None) as dec_fd,
-        ):
-            for ck, rc, rc_files, dec_files in hits:
-                try:
-                    transient = self._transient_names(transient)
-                    t_ck, t_rc, _ = transient
-                    if ck and not self._live("ck", ck, t_ck):
-                        try:
-                            remove_tree_safely(ck_root / ck, ck_root)
-                        except UnsafePathError as ex:
-                            log.debug("[token-optimizer] session index: kept %s: %s", ck, ex)
-                    if self._live("rc", rc, t_rc):
-                        continue
-                    for fd, names in ((rc_fd, rc_files), (dec_fd, dec_files)):
-                        for name in names:
-                            _unlink_regular(fd, name)
-                except Exception as ex:
-                    log.debug("[token-optimizer] session index: cleanup of %s failed: %s", rc, ex)
 
     def _remove_orphans(self, cutoff: float) -> int:
-        """Per-session read-cache, hint and decision files idle since before ``cutoff``
-        that no entry owns: sessions with no user turn (cron, heartbeat) never get an
-        entry, so this is what bounds their files. Returns the number removed."""
-        root = self.paths.root
-        rc_root = self.paths.read_cache
-        if not (safe_dir(root, root.parent) and safe_dir(rc_root, root)):
-            return 0
-        dec_root = self.paths.decisions
+        """Per-session files idle since before ``cutoff`` that no entry owns: sessions
+        with no user turn (cron, heartbeat) never get an entry, so this is what bounds
+        their files. Returns the number removed."""
         removed = 0
         transient: _Transient | None = None
-        for directory, is_dec in ((rc_root, False), (dec_root, True)):
-            if is_dec and not safe_dir(dec_root, rc_root):
-                continue
-            with _DirFd(directory) as fd:
-                if fd is None:
+        for store in self.files:
+            for rel, owners in store.idle_files(cutoff):
+                transient = self._transient_names(transient)
+                extra = transient[0] if store.column == "ck" else transient[1]
+                if any(self._live(store.column, o, extra) for o in owners):
                     continue
-                for name in sorted(_names_in(directory)):
-                    ids = ([name[:-6]] if name.endswith(".jsonl") else []) if is_dec \
-                        else _rc_candidates(name)
-                    if not ids:
-                        continue
-                    try:
-                        st = os.lstat(name, dir_fd=fd)
-                    except OSError:
-                        continue
-                    if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff:
-                        continue
-                    transient = self._transient_names(transient)
-                    if any(self._live("rc", i, transient[1]) for i in ids):
-                        continue
-                    if _unlink_regular(fd, name):
-                        removed += 1
+                removed += store.remove([rel])
         return removed
 
 
-def _rc_candidates(name: str) -> list[str]:
-    """Session names a ``<agent>-<session>.json`` read-cache file can belong to (dash suffixes)."""
-    if not name.endswith(".json"):
-        return []
-    stem = name[:-5]
-    out: list[str] = []
-    i = stem.find("-")
-    while i >= 0:
-        if stem[i + 1 :]:
-            out.append(stem[i + 1 :])
-        i = stem.find("-", i + 1)
-    return out
-
-
-class _DirFd:
-    """``O_DIRECTORY | O_NOFOLLOW`` descriptor of a verified directory (``None`` when unavailable)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def __enter__(self) -> int | None:
-        if self.path is not None and os.open in os.supports_dir_fd:
-            flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-            try:
-                self.fd = os.open(self.path, flags)
-            except OSError as e:
-                log.debug("[token-optimizer] session index: cannot open %s: %s", self.path, e)
-        return self.fd
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _unlink_regular(dir_fd: int | None, name: str) -> bool:
-    """Unlink ``name`` inside ``dir_fd`` if it is a regular file (never a symlink or directory)."""
-    if dir_fd is None or not name or "/" in name or name in (".", ".."):
-        return False
-    try:
-        st = os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    if stat.S_ISREG(st.st_mode):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dir_fd)
-            return True
-    return False
-
-
-@functools.lru_cache(maxsize=256)
-def _agent_name(agent: str) -> str:
-    return sanitize_removing(agent, "default")
-
-
-# ---------------------------------------------------------------- operator CLI
-
-
 def _session_disk_bytes(paths: StatePaths, key: str, entry: dict[str, Any]) -> int:
-    """Bytes of per-session state under the root (no symlink is followed)."""
+    """Bytes of per-session state under the root, as each store counts its own files."""
     sid = str(entry.get("session_id", ""))
-    total = 0
-    ck = paths.checkpoints / _ck_name(sid)
-    if safe_dir(ck, paths.root):
-        for dirpath, _dirs, files in os.walk(ck, followlinks=False):
-            for f in files:
-                with contextlib.suppress(OSError):
-                    st = os.lstat(os.path.join(dirpath, f))
-                    if stat.S_ISREG(st.st_mode):
-                        total += st.st_size
-    rc = _rc_name(sid)
-    names = {
-        f"{_agent_name(a)}-{rc}.json"
-        for a in (entry.get("agent"), entry.get("platform"), _agent_from_key(key), "default")
-        if isinstance(a, str) and a
-    }
-    candidates = [paths.read_cache / n for n in names]
-    candidates += [paths.read_cache / f"hint-serves-{rc}.json", paths.decisions / f"{rc}.jsonl"]
-    for p in candidates:
-        with contextlib.suppress(OSError):
-            st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total
+    agents = [a for a in (entry.get("agent"), entry.get("platform"), _agent_from_key(key))
+              if isinstance(a, str) and a]
+    return sum(f.size(f.session_files(sid, agents)) for f in default_session_files(paths))
 
 
 def _fmt_age(seconds: float) -> str:
