@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from token_optimizer import bounded, jsutil, policy
+from token_optimizer.commands import checkpoints as checkpoints_cmd
 from token_optimizer.fsutil import StatePaths, resolve_paths
 from token_optimizer.policy import (
     CheckpointFile,
@@ -711,7 +712,7 @@ def _run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home")
     sub = parser.add_subparsers(dest="command")
-    policy.register_cli(sub)
+    checkpoints_cmd.register_cli(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -16,6 +16,7 @@ import pytest
 
 from token_optimizer import fsutil
 from token_optimizer import session_index as si
+from token_optimizer.commands import sessions as sessions_cmd
 from token_optimizer.config import (
     DEFAULT_SESSION_STORE_MAX_AGE_DAYS,
     ENV_SESSION_STORE_MAX_AGE_DAYS,
@@ -842,7 +843,7 @@ def own_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="token-optimizer")
     parser.add_argument("--home")
     sub = parser.add_subparsers(dest="command")
-    si.register_cli(sub)
+    sessions_cmd.register_cli(sub)
     return parser
 
 

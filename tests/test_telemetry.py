@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from token_optimizer import telemetry as tmod
+from token_optimizer.commands import v5 as v5cmd
+from token_optimizer.commands.v5 import register_cli
 from token_optimizer.fsutil import StatePaths
 from token_optimizer.jsutil import iso_from_ms, now_ms
-from token_optimizer.telemetry import V5_FEATURES, Telemetry, register_cli
+from token_optimizer.telemetry import V5_FEATURES, Telemetry
 
 TS = "2026-11-21T10:08:47.304Z"
 
@@ -234,7 +236,7 @@ def _run(paths: StatePaths, *argv: str) -> tuple[int, str]:
     register_cli(sub)
     args = parser.parse_args(["--home", str(paths.root), *argv])
     out = io.StringIO()
-    rc = tmod._cmd_v5(args, out)
+    rc = v5cmd._cmd_v5(args, out)
     return rc, out.getvalue()
 
 
@@ -281,4 +283,4 @@ def test_cli_info_and_welcome(paths: StatePaths) -> None:
     rc, out = _run(paths, "v5", "welcome")
     assert rc == 0 and "[ON ]" in out and "[ - ]" in out
     assert Telemetry(paths).has_seen_welcome("2.3.0")
-    assert tmod.maybe_show_welcome(paths, io.StringIO()) is False
+    assert v5cmd.maybe_show_welcome(paths, io.StringIO()) is False

@@ -1,8 +1,9 @@
 """The ``token-optimizer`` command line.
 
-Each feature module owns its subcommands: it exposes
-``register_cli(subparsers)`` which adds parsers whose ``func`` default takes the
-parsed namespace and returns an exit code. This module only assembles them.
+Every subcommand lives in :mod:`token_optimizer.commands`, apart from the stores
+whose state it shows: each module there exposes ``register_cli(subparsers)``,
+which adds parsers whose ``func`` default takes the parsed namespace and returns
+an exit code. This module only assembles them.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from collections.abc import Sequence
 
 # Modules that contribute subcommands, in help order.
 CLI_MODULES = (
-    "token_optimizer.demo",
-    "token_optimizer.session_index",
-    "token_optimizer.policy",
-    "token_optimizer.telemetry",
-    "token_optimizer.hosts.openclaw_install",
+    "token_optimizer.commands.demo",
+    "token_optimizer.commands.sessions",
+    "token_optimizer.commands.checkpoints",
+    "token_optimizer.commands.v5",
+    "token_optimizer.commands.openclaw",
     "token_optimizer.commands.audit",
 )
 
