@@ -35,6 +35,7 @@ from token_optimizer.bounded import BoundedMap
 from token_optimizer.checkpoint_index import CheckpointIndex
 from token_optimizer.fsutil import (
     StatePaths,
+    default_home,
     read_text_no_follow,
     sanitize_checkpoint_id,
 )
@@ -43,6 +44,10 @@ from token_optimizer.jsutil import (
     js_number,
     js_trim,
     loads,
+    node_basename,
+    node_dirname,
+    node_extname,
+    node_resolve,
     now_ms,
     parse_float,
     parse_int,
@@ -220,48 +225,7 @@ def resume_topic_score(prompt_text: str, checkpoint_content: str) -> float:
     return len(prompt_tokens & cp_tokens) / len(prompt_tokens)
 
 
-# ---------------------------------------------------------------- path helpers (Node path semantics)
-
-
-def _node_basename(p: str, ext: str = "") -> str:
-    """POSIX ``path.basename(p[, ext])``: trailing slashes ignored."""
-    s = p.rstrip("/")
-    if not s:
-        return ""
-    base = s.rsplit("/", 1)[-1]
-    if ext and base.endswith(ext) and base != ext:
-        base = base[: -len(ext)]
-    return base
-
-
-def _node_dirname(p: str) -> str:
-    """POSIX ``path.dirname``: trailing slashes ignored, ``"."`` when there is no directory part."""
-    if not p:
-        return "."
-    s = p.rstrip("/")
-    if not s:
-        return "/"
-    idx = s.rfind("/")
-    if idx < 0:
-        return "."
-    if idx == 0:
-        return "/"
-    return s[:idx].rstrip("/") or "/"
-
-
-def _node_extname(p: str) -> str:
-    base = _node_basename(p)
-    idx = base.rfind(".")
-    if idx <= 0:
-        return ""
-    return base[idx:]
-
-
-def _node_resolve(p: str) -> str:
-    try:
-        return os.path.abspath(p)
-    except (OSError, ValueError):
-        return ""
+# ---------------------------------------------------------------- path helpers (Node path semantics: jsutil)
 
 
 def _norm_path(p: str) -> str:
@@ -274,7 +238,7 @@ def cwd_roots(cwd: str) -> list[str]:
     roots: list[str] = []
     if not cwd:
         return roots
-    for cand in (_norm_path(_node_resolve(cwd)), _norm_path(cwd)):
+    for cand in (_norm_path(node_resolve(cwd)), _norm_path(cwd)):
         if cand and cand not in roots:
             roots.append(cand)
     return roots
@@ -361,10 +325,10 @@ def in_project_file_paths(content: str, cwd: str) -> list[str]:
 def continuity_keep_tokens(prompt_text: str, cwd: str, in_project_paths: Iterable[str]) -> set[str]:
     keep = recover_item_tokens(prompt_text)
     if cwd:
-        keep |= recover_item_tokens(_node_basename(cwd))
+        keep |= recover_item_tokens(node_basename(cwd))
     for p in in_project_paths:
-        keep |= recover_item_tokens(_node_basename(p))
-        keep |= recover_item_tokens(_node_basename(p, _node_extname(p)))
+        keep |= recover_item_tokens(node_basename(p))
+        keep |= recover_item_tokens(node_basename(p, node_extname(p)))
     return keep
 
 
@@ -565,7 +529,7 @@ def build_continuity_hint(
         TRUST_MARKER,
         HINT_PREFIX + "Possibly related earlier session (OpenClaw):",
         RECOVERED_MARKER,
-        f"- Checkpoint: {_node_basename(entry.path)}",
+        f"- Checkpoint: {node_basename(entry.path)}",
         f"- Session: {entry.session_dir_name}",
         f"- Trigger: {safe_recovered_scalar(entry.trigger, 200)}",
         f"- Captured: {captured} UTC",
@@ -633,7 +597,7 @@ def build_resume_lean_block(
     body: list[str] = []
 
     if sections.file_changes:
-        guess = "/".join(_node_dirname(sections.file_changes[0]).split(os.sep)[-2:])
+        guess = "/".join(node_dirname(sections.file_changes[0]).split(os.sep)[-2:])
         if guess and guess != ".":
             body.append(f"- Project: {safe_recovered_scalar(guess, 120)}")
 
@@ -681,13 +645,6 @@ def build_resume_lean_block(
 # ---------------------------------------------------------------- the engine
 
 
-def _env_home() -> str:
-    h = os.environ.get("HOME")
-    if h is None:
-        h = os.environ.get("USERPROFILE")
-    return h or ""
-
-
 TOKEN_CACHE_CAP = 256
 """Checkpoints whose text and tokens are remembered (a search reads at most 50)."""
 
@@ -708,7 +665,7 @@ class Continuity:
         self.resume_topic_bar: float = parse_float(
             env.get("TOKEN_OPTIMIZER_RESUME_TOPIC_BAR", "0.22")
         )
-        self.home: str = _env_home()
+        self.home: str = str(default_home())
         # Every session's manifest rows, indexed in SQLite (checkpoint_index.py).
         self.index = CheckpointIndex(paths)
         # Checkpoint text and topic tokens by path (artifacts are written once).
@@ -783,8 +740,8 @@ class Continuity:
     # ------------------------------------------------------------ continuity hint
 
     def _is_generic_cwd(self, cwd: str) -> bool:
-        name = _node_basename(cwd).lower()
-        home_name = _node_basename(self.home).lower() if self.home else ""
+        name = node_basename(cwd).lower()
+        home_name = node_basename(self.home).lower() if self.home else ""
         return not name or name == home_name or cwd == "/" or cwd == self.home
 
     def checkpoint_topic_score(
@@ -798,7 +755,7 @@ class Continuity:
         score = keyword_relevance_score(
             text, entry.path, content, content_tokens=tokens, prompt_tokens=prompt_tokens
         )
-        if cwd and not self._is_generic_cwd(cwd) and _node_basename(cwd).lower() in content.lower():
+        if cwd and not self._is_generic_cwd(cwd) and node_basename(cwd).lower() in content.lower():
             score += CWD_BONUS
         if (now_ms() - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:
             score += RECENCY_BONUS
@@ -834,7 +791,7 @@ class Continuity:
         if not cwd:
             return False
         roots: list[str] = []
-        for cand in (_node_resolve(cwd).rstrip("/"), cwd.rstrip("/")):
+        for cand in (node_resolve(cwd).rstrip("/"), cwd.rstrip("/")):
             if cand and cand not in roots:
                 roots.append(cand)
         if not roots:
@@ -844,8 +801,8 @@ class Continuity:
                 if p == r or p.startswith(r + "/") or p.startswith(r + "\\"):
                     return True
         any_root = roots[0]
-        name = _node_basename(any_root).lower()
-        if name and name != _node_basename(self.home or "/").lower() and any_root != self.home:
+        name = node_basename(any_root).lower()
+        if name and name != node_basename(self.home or "/").lower() and any_root != self.home:
             return name in content.lower()
         return False
 

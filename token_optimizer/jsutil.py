@@ -9,6 +9,7 @@ UTF-16 string lengths and JSON layout.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from datetime import UTC, datetime
@@ -263,3 +264,47 @@ def _scalar(v: Any) -> str:
 def loads(data: str | bytes) -> Any:
     """Parse JSON (raises ``orjson.JSONDecodeError``, a ``ValueError``)."""
     return orjson.loads(data)
+
+
+# ---------------------------------------------------------------- Node path semantics
+
+
+def node_basename(p: str, ext: str = "") -> str:
+    """POSIX ``path.basename(p[, ext])``: trailing slashes ignored."""
+    s = p.rstrip("/")
+    if not s:
+        return ""
+    base = s.rsplit("/", 1)[-1]
+    if ext and base.endswith(ext) and base != ext:
+        base = base[: -len(ext)]
+    return base
+
+
+def node_dirname(p: str) -> str:
+    """POSIX ``path.dirname``: trailing slashes ignored, ``"."`` when there is no directory part."""
+    if not p:
+        return "."
+    s = p.rstrip("/")
+    if not s:
+        return "/"
+    idx = s.rfind("/")
+    if idx < 0:
+        return "."
+    if idx == 0:
+        return "/"
+    return s[:idx].rstrip("/") or "/"
+
+
+def node_extname(p: str) -> str:
+    base = node_basename(p)
+    idx = base.rfind(".")
+    if idx <= 0:
+        return ""
+    return base[idx:]
+
+
+def node_resolve(p: str) -> str:
+    try:
+        return os.path.abspath(p)
+    except (OSError, ValueError):
+        return ""
