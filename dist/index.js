@@ -20,6 +20,8 @@
 import { spawn } from "node:child_process";
 
 export const PLUGIN_ID = "token-optimizer-openclaw";
+/** Version of these plugin files; the worker refuses to run for another package version. */
+export const SHIM_VERSION = "0.1.0";
 export const WORKER_MODULE = "token_optimizer.hosts.openclaw";
 const BRIDGE_KEY = Symbol.for("token-optimizer-openclaw.bridge");
 const FULL_API_KEY = Symbol.for("token-optimizer-openclaw.fullApi");
@@ -256,7 +258,7 @@ class Bridge {
       this.exitHooked = true;
       process.once("exit", () => this.kill("SIGTERM"));
     }
-    this.write({ type: "init", config: s.pluginConfig });
+    this.write({ type: "init", config: s.pluginConfig, shimVersion: SHIM_VERSION });
   }
 
   idle() {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def test_manifests_are_complete() -> None:
     assert (DIST / "index.js").is_file() and (DIST / "index.d.ts").is_file()
     assert "require(" not in (DIST / "index.js").read_text()  # dependency-free ESM
     checks = oi.check_manifests(DIST)
-    assert [c.status for c in checks] == ["ok"], checks
+    assert [(c.name, c.status) for c in checks] == [("manifests", "ok"),
+                                                   ("plugin version", "ok")], checks
 
 
 def test_plugin_source_dir_is_the_shipped_plugin(capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,3 +137,36 @@ def test_doctor_default_state_dir_is_home(home: Path, monkeypatch: pytest.Monkey
 def test_json5ish_parser() -> None:
     text = '{\n // c\n "a": "x // not a comment", /* b */ "b": [1, 2,],\n}'
     assert oi.load_json5ish(text) == {"a": "x // not a comment", "b": [1, 2]}
+
+
+def test_default_install_links_the_packages_own_files(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13: a copy goes stale on upgrade; by default the package's own files are linked."""
+    assert main(["openclaw", "install"]) == 0
+    assert f"--link {oi.plugin_source_dir()} --force" in capsys.readouterr().out
+
+
+def test_versions_agree_everywhere() -> None:
+    import tomllib
+
+    from token_optimizer import __version__
+
+    pkg = json.loads((DIST / "package.json").read_text())["version"]
+    man = json.loads((DIST / "openclaw.plugin.json").read_text())["version"]
+    shim = re.search(r'SHIM_VERSION = "([^"]+)"', (DIST / "index.js").read_text())
+    proj = tomllib.loads((DIST.parent / "pyproject.toml").read_text())["project"]["version"]
+    assert shim is not None
+    assert {pkg, man, shim.group(1), proj} == {__version__}
+
+
+def test_stale_copy_is_reported_and_the_worker_refuses_it(tmp_path: Path) -> None:
+    dest = tmp_path / "plug"
+    assert main(["openclaw", "install", "--copy", "--dest", str(dest)]) == 0
+    pkg = json.loads((dest / "package.json").read_text())
+    pkg["version"] = "0.0.9"  # what an upgrade of the package leaves behind in a copy
+    (dest / "package.json").write_text(json.dumps(pkg))
+    checks = {c.name: c for c in oi.check_manifests(dest)}
+    assert checks["plugin version"].status == "fail"
+    assert "stale copy" in checks["plugin version"].detail
+    w = oi.ping_worker(sys.executable, shim_version="0.0.9")
+    assert w.status == "fail" and "0.0.9" in w.detail and "install" in w.detail
+    assert oi.ping_worker(sys.executable).status == "ok"

@@ -284,3 +284,23 @@ def test_core_config_drops_shim_keys() -> None:
     cfg = {"pythonPath": "/x", "timeoutMs": 5, "startupTimeoutMs": 1, "maxMessages": 3,
            "sessionStoreMaxAgeDays": 30}
     assert core_config(cfg) == {"sessionStoreMaxAgeDays": 30}
+
+
+def test_worker_refuses_plugin_files_of_another_version(caplog: pytest.LogCaptureFixture) -> None:
+    """A stale copied plugin: hooks are answered with errors (the shim fails open), logged once."""
+    import io
+    import logging
+
+    from token_optimizer.hosts.openclaw import Worker
+
+    out = io.BytesIO()
+    w = Worker(out)
+    with caplog.at_level(logging.ERROR, logger="token_optimizer"):
+        w.handle_line(b'{"id":1,"type":"init","config":{},"shimVersion":"0.0.9"}')
+        w.handle_line(b'{"id":2,"hook":"agent_turn_prepare","event":{"prompt":"hi"},'
+                      b'"ctx":{"sessionId":"s"}}')
+    replies = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert replies[0]["result"]["ok"] is False and "0.0.9" in replies[0]["result"]["error"]
+    assert replies[1]["id"] == 2 and "error" in replies[1] and "install" in replies[1]["error"]
+    assert w.runtime is None
+    assert sum("0.0.9" in r.getMessage() for r in caplog.records) == 1

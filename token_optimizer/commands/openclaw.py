@@ -12,10 +12,13 @@ def register_cli(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="openclaw_command", metavar="ACTION")
     p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])
 
-    ins = sub.add_parser("install", help="put the plugin where OpenClaw can load it")
+    ins = sub.add_parser("install", help="register the installed plugin files with OpenClaw")
     ins.add_argument("--link", action="store_true",
-                     help="link the shipped plugin directory in place instead of copying it")
-    ins.add_argument("--dest", help=f"copy the plugin here (default: {default_dest()})")
+                     help="use the installed package's own plugin files in place (the default)")
+    ins.add_argument("--copy", action="store_true",
+                     help="copy the plugin files instead (a copy goes stale on upgrade: "
+                          "run install again after upgrading)")
+    ins.add_argument("--dest", help=f"with --copy: copy them here (default: {default_dest()})")
     ins.add_argument("--run", action="store_true", help="run the openclaw commands instead of printing them")
     ins.add_argument("--python", help="Python interpreter for the worker (default: this one)")
     ins.add_argument("--openclaw", help="openclaw command (default: $OPENCLAW_BIN or `openclaw` on PATH)")

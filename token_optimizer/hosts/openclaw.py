@@ -5,8 +5,12 @@ starts this module once per Node process and talks to it in JSON lines over
 stdio. One line in, at most one line out:
 
 JS -> worker
-  ``{"type":"init","config":{...}}``   plugin config (camelCase, as in the
-                                       manifest's configSchema); optional, first
+  ``{"type":"init","config":{...},"shimVersion":V}``   plugin config (camelCase,
+                                       as in the manifest's configSchema) and the
+                                       plugin files' version; optional, first. A
+                                       version other than the package's turns the
+                                       hooks off (answered with errors: the shim
+                                       fails open) and logs why.
   ``{"id":7,"hook":H,"event":E,"ctx":C}``  awaited hook: answered with
                                        ``{"id":7,"result":R,"actions":[...]}``
   ``{"id":null,"hook":H,...}``         notification: no answer; if the hook
@@ -42,6 +46,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from token_optimizer import __version__
 from token_optimizer.jsutil import dumps_compact
 
 PROTOCOL_VERSION = 1
@@ -170,7 +175,7 @@ class Worker:
             self.on_enqueue_result(req_id, msg)
         elif kind == "ping":
             self.reply(req_id, {"pong": True, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,
-                                "python": sys.version.split()[0]})
+                                "python": sys.version.split()[0], "version": __version__})
         elif kind == "status":
             self.on_status(req_id, msg)
         else:
@@ -188,6 +193,17 @@ class Worker:
         self.config = config or {}
         if self.runtime is not None:
             log.warning("[token-optimizer] init after the first hook: config applies from the next start")
+        shim = msg.get("shimVersion")
+        if isinstance(shim, str) and shim != __version__:
+            # A copied plugin directory left behind by an upgrade: refuse rather than
+            # run hooks against a protocol the files may not speak.
+            self.runtime_error = (
+                f"the OpenClaw plugin files are version {shim} but the Python package is "
+                f"{__version__}; run `token-optimizer openclaw install` again and restart "
+                "the gateway (hooks stay off until then)")
+            log.error("[token-optimizer] %s", self.runtime_error)
+            self.reply(req_id, {"ok": False, "error": self.runtime_error})
+            return
         self.reply(req_id, {"ok": True})
 
     def on_hook(self, req_id: Any, msg: dict[str, Any]) -> None:

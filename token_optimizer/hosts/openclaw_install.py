@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from token_optimizer import __version__
 from token_optimizer.fsutil import default_home
 
 PLUGIN_ID = "token-optimizer-openclaw"
@@ -129,13 +130,18 @@ def cmd_install(args: argparse.Namespace) -> int:
         print("error: the OpenClaw plugin files are missing from this installation", file=sys.stderr)
         return 1
     python = args.python or sys.executable
-    if args.link:
-        if args.dest:
-            print("error: --link uses the plugin files in place; drop --dest", file=sys.stderr)
-            return 2
-        plugin_dir = src
-    else:
+    copy = bool(getattr(args, "copy", False) or args.dest)
+    if copy and getattr(args, "link", False):
+        print("error: --link uses the installed plugin files in place; drop --copy/--dest",
+              file=sys.stderr)
+        return 2
+    if copy:
+        # A copy goes stale on upgrade: doctor reports it and the worker refuses to run
+        # for another version, until this is run again.
         plugin_dir = copy_plugin(src, Path(args.dest).expanduser().absolute() if args.dest else default_dest())
+    else:
+        # Default: the installed package's own copy, so an upgrade updates the plugin too.
+        plugin_dir = src
     cmds = setup_commands(plugin_dir, python)
     oc = openclaw_command(args.openclaw)
     shown = oc or ["openclaw"]
@@ -240,6 +246,14 @@ def check_manifests(plugin_dir: Path) -> list[Check]:
     else:
         api = (oc.get("compat") or {}).get("pluginApi", "?")
         checks.append(Check("manifests", "ok", f"{plugin_dir} (id {PLUGIN_ID}, pluginApi {api})"))
+    version = pkg.get("version")
+    if version != __version__:
+        checks.append(Check("plugin version", "fail",
+                            f"the plugin files in {plugin_dir} are version {version}, the Python "
+                            f"package is {__version__}: a stale copy; run `token-optimizer "
+                            "openclaw install` again (it links the package's own files)"))
+    else:
+        checks.append(Check("plugin version", "ok", f"{version}, same as the Python package"))
     return checks
 
 
@@ -292,7 +306,7 @@ def check_config(config: dict[str, Any] | None, path: Path) -> list[Check]:
     return out
 
 
-def ping_worker(python: str, timeout: float = 30.0) -> Check:
+def ping_worker(python: str, timeout: float = 30.0, shim_version: str | None = None) -> Check:
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen([python, "-m", WORKER_MODULE], stdin=subprocess.PIPE,
@@ -300,7 +314,9 @@ def ping_worker(python: str, timeout: float = 30.0) -> Check:
     except OSError as exc:
         return Check("worker", "fail", f"cannot start {python}: {exc}")
     try:
-        out, err = proc.communicate(b'{"type":"init","config":{}}\n{"id":1,"type":"ping"}\n', timeout=timeout)
+        init = {"id": 0, "type": "init", "config": {}, "shimVersion": shim_version or __version__}
+        out, err = proc.communicate((json.dumps(init) + '\n{"id":1,"type":"ping"}\n').encode(),
+                                    timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         return Check("worker", "fail", f"no answer within {timeout:.0f} s")
@@ -310,9 +326,13 @@ def ping_worker(python: str, timeout: float = 30.0) -> Check:
             msg = json.loads(line)
         except ValueError:
             return Check("worker", "fail", f"non-protocol line on stdout: {line[:80]!r}")
+        if msg.get("id") == 0 and isinstance(msg.get("result"), dict) and \
+                msg["result"].get("ok") is False:
+            return Check("worker", "fail", str(msg["result"].get("error")))
         if msg.get("id") == 1 and isinstance(msg.get("result"), dict) and msg["result"].get("pong"):
             r = msg["result"]
-            return Check("worker", "ok", f"answered a ping (Python {r.get('python')}, protocol "
+            return Check("worker", "ok", f"answered a ping (token-optimizer {r.get('version')}, "
+                                         f"Python {r.get('python')}, protocol "
                                          f"{r.get('protocol')}, start+ping {ms:.0f} ms)")
     tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
     return Check("worker", "fail", "no ping reply; stderr: " + " | ".join(tail))
@@ -361,9 +381,20 @@ def run_doctor(args: argparse.Namespace) -> list[Check]:
         src = "--python" if args.python else "config.pythonPath" if configured else \
             "TOKEN_OPTIMIZER_PYTHON" if os.environ.get("TOKEN_OPTIMIZER_PYTHON") else "default"
         checks.append(Check("python", "ok", f"{resolved} (from {src})"))
-        checks.append(ping_worker(resolved))
+        checks.append(ping_worker(resolved, shim_version=_files_version(plugin_dir)))
     checks.append(check_node())
     return checks
+
+
+def _files_version(plugin_dir: Path | None) -> str | None:
+    """The version in a plugin directory's package.json (what its shim announces)."""
+    if plugin_dir is None:
+        return None
+    try:
+        v = json.loads((plugin_dir / "package.json").read_text()).get("version")
+    except (OSError, ValueError):
+        return None
+    return v if isinstance(v, str) else None
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
