@@ -661,7 +661,7 @@ def test_defect4_state_db_reader_sees_uncheckpointed_wal(tmp_path: Path,
 
 def test_defect5_no_module_shadows_hermes_top_level() -> None:
     """The reference shipped a sibling ``hermes_state.py`` and put its dir on sys.path."""
-    dist = importlib.metadata.distribution("token-optimizer")
+    dist = importlib.metadata.distribution("token-optimizer-gateway")
     top = {Path(str(f)).parts[0].removesuffix(".py") for f in (dist.files or [])
            if not str(f).startswith(("..", "/")) and ".dist-info" not in str(f)
            and not str(f).endswith(".pth")}

@@ -44,6 +44,7 @@ DRIVER = Path(__file__).resolve().parent / "hermes_realhost_driver.py"
 CACHE = Path(os.environ.get("TOKEN_OPTIMIZER_CACHE")
              or Path("~/.cache/token-optimizer-tests").expanduser())
 VENV = CACHE / "hermes-venv"
+DIST_NAME = "token-optimizer-gateway"
 MARKER = VENV / ".token-optimizer-ready.json"
 REQUIRE = os.environ.get("TOKEN_OPTIMIZER_REQUIRE_HOSTS") == "1"
 NUDGE = "[Token Optimizer] This session is getting long"
@@ -81,7 +82,7 @@ def _marker_ok() -> bool:
     except (OSError, ValueError):
         return False
     return bool(m.get("hermes") == HERMES_VERSION and m.get("root") == str(ROOT)
-                and _vpy().exists())
+                and m.get("dist") == DIST_NAME and _vpy().exists())
 
 
 def _install() -> None:
@@ -95,6 +96,10 @@ def _install() -> None:
     if proc.returncode != 0 or proc.stdout.strip() != HERMES_VERSION:
         _run([str(_vpy()), "-m", "pip", "install", "-q", "--disable-pip-version-check",
               f"hermes-agent=={HERMES_VERSION}"], 900)
+    # Earlier installs of this project (also under its former distribution name)
+    # would register the entry point twice.
+    subprocess.run([str(_vpy()), "-m", "pip", "uninstall", "-y", "-q", "token-optimizer",
+                    DIST_NAME], capture_output=True, timeout=300)
     # This checkout, editable: the entry point is registered in the venv and the
     # code under test is the working tree.
     _run([str(_vpy()), "-m", "pip", "install", "-q", "--disable-pip-version-check",
@@ -105,7 +110,7 @@ def _install() -> None:
     if where.returncode != 0 or not Path(where.stdout).resolve().is_relative_to(ROOT):
         raise HostUnavailable(f"token_optimizer in the Hermes venv is not this checkout: "
                               f"{where.stdout or where.stderr}")
-    MARKER.write_text(json.dumps({"hermes": HERMES_VERSION, "root": str(ROOT),
+    MARKER.write_text(json.dumps({"hermes": HERMES_VERSION, "root": str(ROOT), "dist": DIST_NAME,
                                   "at": time.time()}))
 
 
