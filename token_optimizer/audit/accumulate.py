@@ -20,12 +20,14 @@ including its de-duplication of streamed repeats by ``requestId``.
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from typing import Any
 
 from token_optimizer.audit.model import ModelSplit, Tokens
 from token_optimizer.audit.money import Pricer, recorded_cost, split_basis
-from token_optimizer.transcripts import extract_topic, extract_usage, first_user_text, timestamp_ms
+from token_optimizer.transcripts import extract_topic, extract_usage, first_user_text
+from token_optimizer.transcripts import timestamp_ms as _timestamp_ms
 
 MAX_TOOLS = 64
 MAX_STOP_REASONS = 16
@@ -48,6 +50,42 @@ def _num(v: object) -> float:
     return f if math.isfinite(f) and f > 0 else 0.0
 
 
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_MS = _dt.timedelta(milliseconds=1)
+_PLAIN_USAGE_KEYS = frozenset({"input_tokens", "output_tokens", "cache_read_input_tokens",
+                               "cache_creation_input_tokens"})
+
+
+def timestamp_ms(v: object) -> float | None:
+    """:func:`token_optimizer.transcripts.timestamp_ms`, with a fast path for the common
+    ``YYYY-MM-DDTHH:MM:SS.mmmZ`` form (same result; anything else takes the full parser)."""
+    if isinstance(v, str) and len(v) == 24 and v[10] == "T" and v[19] == "." and v[23] == "Z" \
+            and v[4] == "-" and v[7] == "-" and v[13] == ":" and v[16] == ":":
+        try:
+            d = _dt.datetime(int(v[0:4]), int(v[5:7]), int(v[8:10]), int(v[11:13]),
+                             int(v[14:16]), int(v[17:19]), int(v[20:23]) * 1000, tzinfo=_dt.UTC)
+        except ValueError:
+            return _timestamp_ms(v)
+        return float((d - _EPOCH) // _MS)
+    return _timestamp_ms(v)
+
+
+def _plain_usage(usage: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    """Claude-style usage holding only the four plain integer keys (the usual case):
+    the reference chain's result without walking it (fresh input = input, cache write
+    = ``cache_creation_input_tokens``, absent keys 0)."""
+    if not usage.keys() <= _PLAIN_USAGE_KEYS:
+        return None
+    vals = []
+    for k in ("input_tokens", "output_tokens", "cache_read_input_tokens",
+              "cache_creation_input_tokens"):
+        v = usage.get(k, 0)
+        if type(v) is not int:
+            return None
+        vals.append(float(v) if v > 0 else 0.0)
+    return vals[0], vals[1], vals[2], vals[3]
+
+
 def usage_tokens(usage: dict[str, Any]) -> tuple[float, float, float, float]:
     """(fresh input, output, cache read, cache write) of one usage object.
 
@@ -57,6 +95,9 @@ def usage_tokens(usage: dict[str, Any]) -> tuple[float, float, float, float]:
     if "input" in usage or "output" in usage or "cacheRead" in usage:
         return (_num(usage.get("input")), _num(usage.get("output")),
                 _num(usage.get("cacheRead")), _num(usage.get("cacheWrite")))
+    plain = _plain_usage(usage)
+    if plain is not None:
+        return plain
     f = extract_usage(usage)
     return (f.input, f.output, f.cache_read, f.cache_write)
 

@@ -1,4 +1,4 @@
-"""``detect``, ``scan`` and ``report``: the audit commands over the hosts' real stores.
+"""``detect``, ``scan``, ``report``, ``audit`` and ``budget``: the audit commands over the hosts' real stores.
 
 Common flags: ``--json``, ``--since/--until`` (``YYYY-MM-DD``, ``YYYYMMDD`` or
 ISO) or ``--days N``, ``--agent`` (OpenClaw agent, repeatable), ``--profile``
@@ -9,6 +9,10 @@ and ``--no-cache``.
 
 Money is never a silent $0: unpriced tokens and models are printed under every
 table and carried in the JSON (``unpricedTokens``, ``unpricedModels``).
+
+Exit codes: 0 ok; 1 no store found; ``audit --fail-on LEVEL`` exits
+:data:`EXIT_FINDINGS` (3) when a finding of that severity or worse exists;
+``budget --check`` exits :data:`EXIT_OVER_BUDGET` (4) when a limit is exceeded.
 """
 
 from __future__ import annotations
@@ -23,14 +27,24 @@ from typing import Any
 
 import orjson
 
+from token_optimizer.audit.budget import BudgetLimits, budget_limits
+from token_optimizer.audit.detectors import SEVERITY_RANK, load_openclaw_config, run_detectors
 from token_optimizer.audit.model import SessionRow, Tokens
+from token_optimizer.audit.money import Pricer
 from token_optimizer.audit.scan import Roots, ScanResult, detect, scan
-from token_optimizer.audit.timeutil import local_day, parse_bound, resolve_tz
+from token_optimizer.audit.timeutil import iso_ms, local_day, parse_bound, resolve_tz
 from token_optimizer.commands.render import ProgressReporter, fmt_tokens, fmt_usd, print_table
 from token_optimizer.fsutil import default_home, resolve_paths
 
 REPORT_KINDS = ("daily", "weekly", "monthly", "session", "model", "agent", "project")
 SCAN_DEFAULT_DAYS = 30
+EXIT_FINDINGS = 3
+EXIT_OVER_BUDGET = 4
+GROUP_ORDER = ("fix", "nudge", "keep")
+GROUP_TITLES = {"fix": "Fix (a config or setup change removes it)",
+                "nudge": "Nudge (habits: how sessions are run)",
+                "keep": "Keep (worth knowing; no saving to take)"}
+ICONS = {"critical": "!!!", "high": " !!", "medium": "  !", "low": "  ."}
 
 
 # ---------------------------------------------------------------- shared
@@ -324,11 +338,178 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- audit
+
+
+def build_audit(rows: list[SessionRow], roots: Roots, days: int | None) -> dict[str, Any]:
+    res = run_detectors(rows, config=load_openclaw_config(roots.openclaw),
+                        pricer=Pricer(roots.openclaw))
+    agents: list[str] = []
+    for r in sorted(rows, key=lambda r: r.started_ms or 0.0):
+        if r.agent not in agents:
+            agents.append(r.agent)
+    by_group = {g: 0.0 for g in GROUP_ORDER}
+    for f in res.findings:
+        by_group[f.group] += f.counted_usd
+    n_unpriced, unpriced_models = _unpriced_summary(rows)
+    return {
+        "scannedAt": iso_ms(time.time() * 1000),
+        "daysScanned": days,
+        "agentsFound": agents,
+        "totalSessions": len(rows),
+        "totalCostUsd": sum(r.cost_usd for r in rows),
+        "totalTokens": sum(r.tokens.total for r in rows),
+        "findings": [f.to_json() for f in res.findings],
+        "monthlySavingsUsd": res.monthly_savings_usd,
+        "grossMonthlyWasteUsd": res.gross_monthly_usd,
+        "overlapUsd": max(0.0, res.gross_monthly_usd - res.monthly_savings_usd),
+        "savingsByGroup": by_group,
+        "spanDays": res.span_days,
+        "unpricedTokens": n_unpriced,
+        "unpricedModels": unpriced_models,
+    }
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    info = detect(_roots(args))
+    if not info["found"]:
+        print("No OpenClaw or Hermes store found (see `token-optimizer detect`).", file=sys.stderr)
+        return 1
+    _res, rows, tz, window = _run_scan(args, SCAN_DEFAULT_DAYS)
+    days = args.days if args.days is not None else (
+        None if (args.since or args.until) else SCAN_DEFAULT_DAYS)
+    rep = build_audit(rows, _roots(args), days)
+    code = 0
+    if args.fail_on and any(SEVERITY_RANK[f["severity"]] >= SEVERITY_RANK[args.fail_on]
+                            for f in rep["findings"]):
+        code = EXIT_FINDINGS
+    if args.json:
+        rep["timezone"] = str(tz)
+        rep["window"] = window
+        _print_json(_redact(rep, str(default_home())))
+        return code
+    span = f"last {days} days" if days else "selected window"
+    print(f"Token Optimizer audit ({span})")
+    print("=" * 50)
+    print(f"Sessions scanned: {rep['totalSessions']}")
+    print(f"Agents found:     {', '.join(rep['agentsFound']) or 'none'}")
+    cost = rep["totalCostUsd"]
+    print(f"Total cost:       {fmt_usd(cost) if cost else 'unknown (no priced usage)'}")
+    print(f"Total tokens:     {fmt_tokens(rep['totalTokens'])}")
+    _print_unpriced(rows)
+    findings = rep["findings"]
+    if not findings:
+        print("\nNo waste patterns found; the setup looks clean.")
+        return code
+    print(f"\n{len(findings)} waste patterns found.")
+    print(f"Potential savings: {fmt_usd(rep['monthlySavingsUsd'])}/month "
+          f"(each session counted once; {fmt_usd(rep['overlapUsd'])} of overlap between "
+          "findings left out)")
+    for g in GROUP_ORDER:
+        fs = [f for f in findings if f["group"] == g]
+        if not fs:
+            continue
+        print(f"\n{GROUP_TITLES[g]}: {fmt_usd(rep['savingsByGroup'][g])}/month")
+        print("-" * 50)
+        for f in fs:
+            print(f"{ICONS[f['severity']]} [{f['severity'].upper()}] {f['wasteType']}")
+            print(f"   {f['description']}")
+            if f["monthlyWasteUsd"] > 0:
+                extra = "" if f["overlapUsd"] < 0.005 else \
+                    f", {fmt_usd(f['countedUsd'])} not already counted above"
+                print(f"   Waste: {fmt_usd(f['monthlyWasteUsd'])}/month ({f['basis']}{extra})")
+            else:
+                print(f"   Basis: {f['basis']}")
+            print(f"   Do: {f['recommendation']}")
+            for line in f["fixSnippet"].splitlines():
+                print(f"      {line}")
+            print()
+    return code
+
+
+# ---------------------------------------------------------------- budget
+
+
+def _plugin_config(root: Path | None) -> dict[str, Any] | None:
+    """Our entry's ``config`` in ``<openclaw root>/openclaw.json`` (``None`` when absent)."""
+    if root is None:
+        return None
+    from token_optimizer.hosts.openclaw_install import PLUGIN_ID, load_json5ish
+
+    try:
+        cfg = load_json5ish((root / "openclaw.json").read_text())
+    except (OSError, ValueError):
+        return None
+    entry = (((cfg or {}).get("plugins") or {}).get("entries") or {}).get(PLUGIN_ID) \
+        if isinstance(cfg, dict) else None
+    conf = entry.get("config") if isinstance(entry, dict) else None
+    return conf if isinstance(conf, dict) else None
+
+
+def build_budget(rows: list[SessionRow], limits: BudgetLimits, tz: dt.tzinfo,
+                 now_ms: float | None = None) -> dict[str, Any]:
+    """Spend of sessions started today / this month (in ``tz``) against the limits."""
+    now = dt.datetime.fromtimestamp((now_ms if now_ms is not None else time.time() * 1000) / 1000,
+                                    tz=tz)
+    today = now.date()
+    periods: list[dict[str, Any]] = []
+    for kind, limit, source in (("daily", limits.daily_usd, limits.daily_source),
+                                ("monthly", limits.monthly_usd, limits.monthly_source)):
+        def inside(r: SessionRow, kind: str = kind) -> bool:
+            if r.started_ms is None:
+                return False
+            d = local_day(r.started_ms, tz)
+            return d == today if kind == "daily" else (d.year, d.month) == (today.year, today.month)
+
+        sel = [r for r in rows if inside(r)]
+        spent = sum(r.cost_usd for r in sel)
+        n_unpriced, models = _unpriced_summary(sel)
+        periods.append({
+            "period": kind,
+            "key": today.isoformat() if kind == "daily" else today.strftime("%Y-%m"),
+            "spentUsd": spent, "limitUsd": limit, "limitSource": source,
+            "remainingUsd": None if limit is None else limit - spent,
+            "exceeded": limit is not None and spent > limit,
+            "sessions": len(sel), "unpricedTokens": n_unpriced, "unpricedModels": models,
+        })
+    return {"timezone": str(tz), "limitsSet": limits.any, "periods": periods,
+            "exceeded": any(p["exceeded"] for p in periods)}
+
+
+def _cmd_budget(args: argparse.Namespace) -> int:
+    roots = _roots(args)
+    limits = budget_limits(_plugin_config(roots.openclaw))
+    args.days, args.since, args.until = None, None, None
+    tz = resolve_tz(args.timezone)
+    month_start = dt.datetime.now(tz).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    args.since = month_start.isoformat()
+    _res, rows, tz, _w = _run_scan(args, None)
+    rep = build_budget(rows, limits, tz)
+    code = EXIT_OVER_BUDGET if (args.check and rep["exceeded"]) else 0
+    if args.json:
+        _print_json(rep)
+        return code
+    if not limits.any:
+        print("No budget set. Set TOKEN_OPTIMIZER_BUDGET_DAILY_USD and/or "
+              "TOKEN_OPTIMIZER_BUDGET_MONTHLY_USD (or budgetDailyUsd / budgetMonthlyUsd in the "
+              "plugin config).")
+    table = []
+    for p in rep["periods"]:
+        limit = "none" if p["limitUsd"] is None else fmt_usd(p["limitUsd"])
+        state = "OVER" if p["exceeded"] else ("-" if p["limitUsd"] is None else "ok")
+        spent = fmt_usd(p["spentUsd"]) + ("+" if p["unpricedTokens"] else "")
+        table.append([p["period"], p["key"], str(p["sessions"]), spent, limit, state])
+    print_table(["Period", "For", "Sessions", "Spent", "Limit", "Status"], table,
+                right=[False, False, True, True, True, False], title=f"Budget ({tz})")
+    _print_unpriced(rows)
+    return code
+
+
 # ---------------------------------------------------------------- registration
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add ``detect``, ``scan`` and ``report`` to the ``token-optimizer`` command line."""
+    """Add ``detect``, ``scan``, ``report``, ``audit`` and ``budget`` to the command line."""
     p = subparsers.add_parser("detect", help="list the OpenClaw and Hermes stores found, with sizes",
                               description="Show which hosts and stores exist (nothing is opened).")
     _common(p, days_help="ignored (accepted for symmetry)")
@@ -349,5 +530,26 @@ def register_cli(subparsers: Any) -> None:
     _common(r, days_help="sessions started in the last N days (default: all)")
     r.set_defaults(func=_cmd_report)
 
+    a = subparsers.add_parser(
+        "audit", help="waste findings sorted by $/month, each with evidence and a fix",
+        description="Run the waste detectors over the sessions found. Savings are "
+        "de-duplicated: a session claimed by several findings counts once, at its largest "
+        f"claim. --fail-on exits {EXIT_FINDINGS} when a finding of that severity or worse exists.")
+    a.add_argument("--fail-on", choices=("high", "medium"), default=None,
+                   help=f"exit {EXIT_FINDINGS} when a finding is at least this severe (CI)")
+    _common(a, days_help=f"sessions started in the last N days (default {SCAN_DEFAULT_DAYS})")
+    a.set_defaults(func=_cmd_audit)
 
-__all__ = ["build_report", "register_cli"]
+    b = subparsers.add_parser(
+        "budget", help="spend today and this month against the daily/monthly limits",
+        description="Compare spend with the limits set by TOKEN_OPTIMIZER_BUDGET_DAILY_USD / "
+        "TOKEN_OPTIMIZER_BUDGET_MONTHLY_USD (or budgetDailyUsd / budgetMonthlyUsd in the "
+        f"plugin config). --check exits {EXIT_OVER_BUDGET} when one is exceeded.")
+    b.add_argument("--check", action="store_true",
+                   help=f"exit {EXIT_OVER_BUDGET} when a limit is exceeded")
+    _common(b, days_help="ignored: the periods are today and this month")
+    b.set_defaults(func=_cmd_budget)
+
+
+__all__ = ["EXIT_FINDINGS", "EXIT_OVER_BUDGET", "build_audit", "build_budget", "build_report",
+           "register_cli"]

@@ -1,0 +1,159 @@
+"""Side by side with the TypeScript reference on a legacy JSONL store it can read.
+
+``python -m bench.bench_reference --reference DIR`` (or ``$TOKEN_OPTIMIZER_REFERENCE``)
+where ``DIR`` is a checkout of the reference's ``openclaw`` package (the one
+holding ``dist/cli.js``; it runs on Node 20 and needs no ``npm install``).
+Nothing of the reference is part of this repository; without the path the
+bench says so and exits 0.
+
+It writes ``<tmp>/home/.openclaw/agents/<agent>/sessions/<sid>.jsonl`` files in
+the Claude-style record shape the reference's parser reads (usage keys
+``input_tokens``/``output_tokens``/``cache_read_input_tokens``/
+``cache_creation_input_tokens``, ``tool_use`` blocks, streamed repeats sharing a
+``requestId``), then runs, each as a fresh process with ``HOME`` pointed at
+the temp dir:
+
+* ``node dist/cli.js scan --json --days 30`` (the reference; it re-reads every
+  file on every run, so it is timed once cold and once warm);
+* ``python -m token_optimizer scan --json --days 30`` cold (empty cache), then
+  warm (nothing new).
+
+It compares session count, token totals by kind and total cost, and prints
+the wall-clock times of the whole processes (start-up included) and the ratios.
+Targets: same totals, our cold ≤ the reference's, our warm ≥ 20× faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = ["claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5", "gpt-5.2"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _iso(ms: int) -> str:
+    t = time.gmtime(ms / 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ms % 1000:03d}Z"
+
+
+def gen_legacy(root: Path, sessions: int, events: int, agents: int = 8, seed: int = 3) -> int:
+    """Write the store; returns the number of lines written."""
+    rng = random.Random(seed)
+    per = max(2, events // sessions)
+    now = int(time.time() * 1000)
+    lines = 0
+    for s in range(sessions):
+        agent = f"agent{s % agents}"
+        d = root / "agents" / agent / "sessions"
+        d.mkdir(parents=True, exist_ok=True)
+        ts = now - rng.randint(3_600_000, 20 * 86_400_000)
+        model = MODELS[s % len(MODELS)]
+        out: list[str] = []
+        for i in range(per):
+            ts += rng.randint(500, 20_000)
+            if i % 2 == 0:
+                rec: dict[str, Any] = {"type": "user", "timestamp": _iso(ts),
+                                       "message": {"role": "user",
+                                                   "content": f"step {i} of task {s}: do the thing"}}
+            else:
+                usage = {"input_tokens": rng.randint(10, 4000),
+                         "output_tokens": rng.randint(10, 1500),
+                         "cache_read_input_tokens": rng.randint(0, 60_000),
+                         "cache_creation_input_tokens": rng.randint(0, 3000)}
+                rec = {"type": "assistant", "timestamp": _iso(ts), "requestId": f"r{s}-{i}",
+                       "message": {"role": "assistant", "model": model, "usage": usage,
+                                   "content": [{"type": "text", "text": "working on it " * 8},
+                                               {"type": "tool_use", "id": f"t{i}",
+                                                "name": ["Read", "Edit", "Bash"][i % 3],
+                                                "input": {}}]}}
+                if i % 7 == 1:  # a streamed repeat of the same request (lower figures)
+                    rep = json.loads(json.dumps(rec))
+                    rep["message"]["usage"]["output_tokens"] //= 2
+                    out.append(json.dumps(rep))
+                    lines += 1
+            out.append(json.dumps(rec))
+            lines += 1
+        (d / f"s{s:06d}.jsonl").write_text("\n".join(out) + "\n")
+    return lines
+
+
+def _timed(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, check=True)
+    dt = time.perf_counter() - t0
+    return dt, json.loads(p.stdout)
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    t = {"sessions": len(rows), "input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0,
+         "costUsd": 0.0}
+    for r in rows:
+        for k in ("input", "output", "cacheRead", "cacheWrite"):
+            t[k] += int(r["tokens"][k])
+        t["costUsd"] += float(r["costUsd"])
+    t["costUsd"] = round(t["costUsd"], 6)
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_reference")
+    ap.add_argument("--reference", default=os.environ.get("TOKEN_OPTIMIZER_REFERENCE"),
+                    help="the reference's openclaw package dir (with dist/cli.js)")
+    ap.add_argument("--sessions", type=int, default=4000)
+    ap.add_argument("--events", type=int, default=400_000)
+    ap.add_argument("--node", default=shutil.which("node") or "node")
+    args = ap.parse_args(argv)
+    cli = Path(args.reference or "") / "dist" / "cli.js"
+    if not args.reference or not cli.is_file():
+        print("reference not given or dist/cli.js missing (pass --reference DIR or set "
+              "TOKEN_OPTIMIZER_REFERENCE); skipping")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-ref-") as tmp:
+        home = Path(tmp) / "home"
+        t0 = time.perf_counter()
+        n = gen_legacy(home / ".openclaw", args.sessions, args.events)
+        print(f"generated {args.sessions} sessions / {n} JSONL lines in "
+              f"{time.perf_counter() - t0:.1f} s")
+        env = {**os.environ, "HOME": str(home), "TOKEN_OPTIMIZER_HOME": str(Path(tmp) / "state")}
+        env.pop("OPENCLAW_STATE_DIR", None)
+        env.pop("HERMES_HOME", None)
+        ref_cmd = [args.node, str(cli), "scan", "--json", "--days", "30"]
+        ours_cmd = [sys.executable, "-m", "token_optimizer", "scan", "--json", "--days", "30",
+                    "--hermes-home", str(Path(tmp) / "no-hermes")]
+        ref_cold, ref_rows = _timed(ref_cmd, env)
+        ref_warm, _ = _timed(ref_cmd, env)
+        our_cold, our_rows = _timed(ours_cmd, env, REPO)
+        our_warm, our_rows2 = _timed(ours_cmd, env, REPO)
+        rt, ot, ot2 = totals(ref_rows), totals(our_rows), totals(our_rows2)
+        print(f"{'':10} {'sessions':>8} {'input':>12} {'output':>12} {'cacheRead':>14} "
+              f"{'cacheWrite':>12} {'cost $':>12}")
+        for label, t in (("reference", rt), ("ours cold", ot), ("ours warm", ot2)):
+            print(f"{label:10} {t['sessions']:>8} {t['input']:>12} {t['output']:>12} "
+                  f"{t['cacheRead']:>14} {t['cacheWrite']:>12} {t['costUsd']:>12.4f}")
+        same = all(rt[k] == ot[k] == ot2[k] for k in rt if k != "costUsd") and \
+            abs(rt["costUsd"] - ot["costUsd"]) <= 1e-6 * max(1.0, rt["costUsd"]) and \
+            ot["costUsd"] == ot2["costUsd"]
+        print(f"totals: {'same' if same else 'DIFFERENT'}")
+        print(f"reference: {ref_cold:.2f} s (first run), {ref_warm:.2f} s (second run)")
+        print(f"ours:      {our_cold:.2f} s cold, {our_warm:.3f} s warm")
+        cold_ratio = ref_cold / our_cold
+        warm_ratio = ref_warm / our_warm
+        print(f"cold: reference / ours = {cold_ratio:.2f}x (target ≥ 1); "
+              f"warm: reference / ours = {warm_ratio:.1f}x (target ≥ 20)")
+        ok = same and cold_ratio >= 1 and warm_ratio >= 20
+        print(f"targets: {'met' if ok else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
