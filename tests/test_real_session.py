@@ -326,3 +326,19 @@ def test_second_sessions_hint_names_the_real_task(paths: StatePaths, ws: Path) -
     hint = out["prependContext"]
     assert "honour max_attempts" in hint, hint
     assert "Re-read both files" not in hint
+
+
+def test_a_session_over_budget_gets_one_line(paths: StatePaths, ws: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKEN_OPTIMIZER_BUDGET_DAILY_USD", "0.05")
+    rt = make_rt(paths, ws)
+    c = ctx(ws=ws)
+    assert turn(rt, "Task: a costly job", c) is None  # nothing spent yet
+    ev = run_output([30_000, 35_000])
+    ev["model"] = "gpt-4o"
+    handle(rt, "llm_output", ev, c)
+    out = turn(rt, "next", c)
+    assert out is not None and "Over budget" in out["prependContext"]
+    assert "daily limit of $0.05" in out["prependContext"]
+    again = turn(rt, "and more", c)
+    assert again is None or "Over budget" not in again.get("prependContext", "")

@@ -146,6 +146,7 @@ class TokenOptimizer:
         # Per-session collections (runtime.md §1.5), all bounded.
         self.continuity_injected: BoundedSet[str] = BoundedSet("continuity_injected")
         self.nudge_fired: BoundedSet[str] = BoundedSet("fresh_nudge_fired")
+        self.budget_fired: BoundedSet[str] = BoundedSet("budget_line_fired")
         self.prior_scores: BoundedMap[str, float] = BoundedMap("fresh_nudge_prior_scores")
         self.compaction_counter: BoundedMap[str, int] = BoundedMap("compaction_counter")
         self.pending_restores: BoundedMap[str, PendingRestore] = BoundedMap("pending_restores")
@@ -467,6 +468,12 @@ class TokenOptimizer:
             except Exception as exc:
                 self._log("warn", f"fresh-session nudge error: {exc}")
 
+        if sid not in self.budget_fired:
+            try:
+                self._budget(sid, snapshot, contributions)
+            except Exception as exc:
+                self._log("warn", f"budget check error: {exc}")
+
         try:
             # The nudge's snapshot is this turn's snapshot too: build it once.
             self._evaluate(sid, ident.agent_id, "agent-turn-prepare", snapshot)
@@ -499,6 +506,17 @@ class TokenOptimizer:
         else:
             self._log("info", f"no prior checkpoint matched: {sid} "
                               f"threshold={js_number(self.continuity.relevance_threshold)}")
+
+    def _budget(self, sid: str, ctx: _EventContext | None, out: list[str]) -> None:
+        """One line, once per session, when its cost is over a configured budget."""
+        from token_optimizer.audit.budget import budget_line  # light: no reader, no sqlite
+
+        snap = self.ledger.snapshot(sid)
+        line = budget_line(snap.run.cost_usd if snap is not None else None)
+        if line:
+            self.budget_fired.add(sid)
+            out.append(line)
+            self._log("info", f"budget line added: {sid}")
 
     def _nudge(self, sid: str, agent_id: str | None, out: list[str]) -> _EventContext | None:
         """Evaluate the fresh-session nudge; returns the snapshot it was built from."""
@@ -710,6 +728,8 @@ class TokenOptimizer:
             self.continuity_injected.add(new_id)
             if old_id in self.nudge_fired:
                 self.nudge_fired.add(new_id)
+            if old_id in self.budget_fired:
+                self.budget_fired.add(new_id)
         except Exception:
             log.debug("inherit_session failed", exc_info=True)
 
@@ -762,6 +782,7 @@ class TokenOptimizer:
         self.policy.clear_state(session_id)
         self.continuity_injected.discard(session_id)
         self.nudge_fired.discard(session_id)
+        self.budget_fired.discard(session_id)
         self.prior_scores.discard(session_id)
         self.compaction_counter.discard(key)
         self.pending_restores.discard(key)
@@ -789,6 +810,7 @@ class TokenOptimizer:
             "policy_states": self.policy.states,
             "continuity_injected": self.continuity_injected,
             "fresh_nudge_fired": self.nudge_fired,
+            "budget_line_fired": self.budget_fired,
             "fresh_nudge_prior_scores": self.prior_scores,
             "compaction_counter": self.compaction_counter,
             "pending_restores": self.pending_restores,
