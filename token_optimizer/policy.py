@@ -797,6 +797,29 @@ class CheckpointPolicy:
                             root.rmdir(name)
         return removed
 
+    def cleanup_session(self, session_id: str, max_age_days: int = 7, *,
+                        now_ms: float | None = None) -> int:
+        """:meth:`cleanup_artifacts` for one session's directory only: what a session
+        end pays, so it does not grow with the number of sessions on disk."""
+        now = jsutil.now_ms() if now_ms is None else now_ms
+        cutoff_ns = Fraction(now - max_age_days * _DAY_MS) * 1_000_000
+        name = self.key_for(session_id)
+        try:
+            root = self._root_dir()
+        except OSError:
+            return 0
+        with root:
+            try:
+                d = root.subdir(name)
+            except OSError:
+                return 0
+            with d, d.lock():
+                removed = _clean_session_dir(d, cutoff_ns)
+                with contextlib.suppress(OSError):
+                    if not d.listdir():
+                        root.rmdir(name)
+            return removed
+
     def prune_events(self, days: int = 90, max_bytes: int = EVENTS_MAX_BYTES) -> int:
         """``checkpoint-events.jsonl``: drop unparsable rows, rows older than ``days`` and the
         oldest rows past ``max_bytes`` (the reference never prunes it). Never raises."""
@@ -912,12 +935,23 @@ def _clean_session_dir(d: fsutil.CheckedDir, cutoff_ns: Fraction) -> int:
         files = d.listdir()
     except OSError:
         return 0
+    gone: set[str] = set()
     for fname in files:
         try:
             st = d.lstat(fname)
             if stat.S_ISREG(st.st_mode) and st.st_mtime_ns < cutoff_ns:
                 d.unlink(fname)
                 removed += 1
+                gone.add(fname)
         except OSError:
             continue
+    if gone and MANIFEST_FILENAME not in gone:
+        # Ours: the manifest of a long-lived session keeps growing while its old
+        # checkpoints age out; rows naming a file just removed go with it (a reader
+        # skips rows without a file anyway), so the manifest is bounded by the same age.
+        def keep(row: dict[str, Any]) -> bool:
+            fn = row.get("filename")
+            return not (isinstance(fn, str) and fn in gone)
+        with contextlib.suppress(OSError):
+            fsutil.rewrite_jsonl(d, MANIFEST_FILENAME, keep, durable=False)
     return removed

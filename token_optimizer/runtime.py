@@ -79,6 +79,8 @@ RESTORE_HEADER = (
 CLEANUP_MAX_AGE_DAYS = 7
 TELEMETRY_MAX_AGE_DAYS = 90
 TRANSCRIPT_RECHECK_S = 60.0
+SWEEP_CHECK_S = 60.0
+"""How often a hook may start the (hourly-gated) background sweep."""
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "error": logging.ERROR}
@@ -168,6 +170,8 @@ class TokenOptimizer:
         """idempotency key -> restore handed to the host, until the host answers.
         Not released at session end: a late acknowledgement still earns its credit."""
         self._tls = threading.local()
+        self._sweep_lock = threading.Lock()
+        self._next_sweep_check = 0.0
 
     # ------------------------------------------------------------ plumbing
 
@@ -223,10 +227,44 @@ class TokenOptimizer:
             return HookOutcome(result=result, actions=list(col.actions))
 
     def _maybe_prune(self) -> None:
-        removed = self.index.maybe_prune(self.config.session_store_max_age_days)
-        if removed:
-            self._log("info", f"session index pruned {removed} entries older than "
-                              f"{self.config.session_store_max_age_days} days")
+        """At most once a minute, hand the hourly sweep (index prune, checkpoint ageing)
+        to a background thread: its cost grows with what is on disk, so it never runs
+        on a hook's path."""
+        now = time.monotonic()
+        if now < self._next_sweep_check:
+            return
+        self._next_sweep_check = now + SWEEP_CHECK_S
+        if not self._sweep_lock.acquire(blocking=False):
+            return  # one still running
+        try:
+            threading.Thread(target=self._sweep, name="token-optimizer-sweep",
+                             daemon=True).start()
+        except Exception:
+            self._sweep_lock.release()
+            raise
+
+    def _sweep(self) -> None:
+        try:
+            removed = self.index.maybe_prune(self.config.session_store_max_age_days)
+            if removed is not None:
+                n = self.store.cleanup(CLEANUP_MAX_AGE_DAYS)
+                if n > 0:
+                    log.info(PREFIX + f"removed {n} checkpoint files older than "
+                             f"{CLEANUP_MAX_AGE_DAYS} days")
+            if removed:
+                log.info(PREFIX + f"session index pruned {removed} entries older than "
+                         f"{self.config.session_store_max_age_days} days")
+        except Exception:
+            log.debug("background sweep failed", exc_info=True)
+        finally:
+            self._sweep_lock.release()
+
+    def wait_for_sweep(self, timeout: float = 10.0) -> bool:
+        """Wait for a background sweep in progress (tests, shutdown). True when none runs."""
+        if self._sweep_lock.acquire(timeout=timeout):
+            self._sweep_lock.release()
+            return True
+        return False
 
     # ------------------------------------------------------------ snapshots
 
@@ -771,10 +809,12 @@ class TokenOptimizer:
         finally:
             if sid:
                 self.release(sid, key)
-            try:
-                self.store.cleanup(CLEANUP_MAX_AGE_DAYS)
-            except Exception:
-                log.debug("cleanup failed", exc_info=True)
+                try:
+                    # this session's directory only; the whole store is swept at start-up
+                    # and hourly (_maybe_prune)
+                    self.policy.cleanup_session(sid, CLEANUP_MAX_AGE_DAYS)
+                except Exception:
+                    log.debug("cleanup failed", exc_info=True)
 
     def release(self, session_id: str, session_key: str | None = None) -> None:
         """Drop a session from every per-session collection (disk state stays)."""
@@ -858,6 +898,7 @@ class TokenOptimizer:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            self.wait_for_sweep(5.0)
             self.index.close()
 
 
