@@ -21,6 +21,8 @@ CLI_MODULES = (
     "token_optimizer.telemetry",
     "token_optimizer.hosts.openclaw_install",
     "token_optimizer.commands.audit",
+    "token_optimizer.commands.insight",
+    "token_optimizer.commands.dashboard",
 )
 
 
