@@ -43,6 +43,7 @@ estimator), files over 1 MB count as 0, and tool definitions count
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 import re
@@ -469,8 +470,8 @@ def audit_openclaw(root: Path, *, home: Path | None = None) -> ContextAudit:
 
 def _hermes_toolset_tools(name: str) -> int | None:
     """Tools in one Hermes toolset, from Hermes' own table when it is importable."""
-    try:
-        import toolsets as hermes_toolsets  # type: ignore[import-not-found, unused-ignore]
+    try:  # resolved as Hermes' own top-level module, never one of ours
+        hermes_toolsets = importlib.import_module("toolsets")
     except Exception:
         return None
     resolve = getattr(hermes_toolsets, "resolve_toolset", None)
