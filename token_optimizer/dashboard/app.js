@@ -360,7 +360,7 @@
       { label: "Tokens", num: true, get: function (x) { return x.tokens; }, fmt: tok },
       { label: "Output", num: true, get: function (x) { return x.output; }, fmt: tok },
       { label: "Cache read", num: true, get: function (x) { return x.cacheRead; }, fmt: tok },
-      { label: "Spend", num: true, get: function (x) { return x.cost; }, fmt: usd },
+      { label: "Spend", num: true, get: function (x) { return x.cost; }, fmt: function (v, x) { return x.unpriced && !v ? "unpriced" : usd(v) + (x.unpriced ? "+" : ""); } },
       { label: "Unpriced", num: true, get: function (x) { return x.unpriced; }, fmt: function (v) { return v ? tok(v) : "–"; } }
     ], m, { sortable: true, sortCol: 6 })]));
   };
