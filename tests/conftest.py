@@ -20,7 +20,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.delenv("USERPROFILE", raising=False)
     monkeypatch.setenv("TOKEN_OPTIMIZER_HOME", str(home / ".openclaw" / "token-optimizer"))
     for var in list(os.environ):
-        if var.startswith("TOKEN_OPTIMIZER_") and var not in ("TOKEN_OPTIMIZER_HOME", "TOKEN_OPTIMIZER_REQUIRE_HOSTS", "TOKEN_OPTIMIZER_CACHE"):
+        if var.startswith("TOKEN_OPTIMIZER_") and var not in ("TOKEN_OPTIMIZER_HOME", "TOKEN_OPTIMIZER_REQUIRE_HOSTS", "TOKEN_OPTIMIZER_CACHE", "TOKEN_OPTIMIZER_ARTIFACTS"):
             monkeypatch.delenv(var, raising=False)
     yield home
 

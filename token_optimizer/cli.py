@@ -22,6 +22,8 @@ CLI_MODULES = (
     "token_optimizer.commands.v5",
     "token_optimizer.commands.openclaw",
     "token_optimizer.commands.audit",
+    "token_optimizer.commands.insight",
+    "token_optimizer.commands.dashboard",
 )
 
 

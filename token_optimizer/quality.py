@@ -416,14 +416,19 @@ def _fingerprint(run: AgentRun) -> str:
     return utf16_slice(fp, 100)
 
 
-def _compute_signals(runs: list[AgentRun], context_audit: Any = None) -> list[QualitySignal]:
+def _compute_signals(
+    runs: list[AgentRun], context_audit: Any = None, fill_ratios: list[float] | None = None
+) -> list[QualitySignal]:
     n = len(runs)
     sigs: list[QualitySignal] = []
 
-    # S1 context fill
-    avg_fill = (
-        sum(r.tokens.input / context_window_for_model(r.model) for r in runs) / n if n else 0.0
-    )
+    # S1 context fill (``fill_ratios``: the corrected per-run fill, COMPAT.md D1)
+    if fill_ratios is not None and len(fill_ratios) == n:
+        avg_fill = sum(fill_ratios) / n if n else 0.0
+    else:
+        avg_fill = (
+            sum(r.tokens.input / context_window_for_model(r.model) for r in runs) / n if n else 0.0
+        )
     dominant_window = (
         context_window_for_model(_dominant_model(runs)) if n else DEFAULT_CONTEXT_WINDOW
     )
@@ -611,14 +616,18 @@ def compute_distortion_bounds(
     return DistortionBounds(theoretical_max, achieved, js_round(u * 1000) / 1000, rec)
 
 
-def score_quality(runs: list[AgentRun], context_audit: Any = None) -> QualityReport:
+def score_quality(
+    runs: list[AgentRun], context_audit: Any = None, *, fill_ratios: list[float] | None = None
+) -> QualityReport:
     """Seven-signal aggregate quality report over many runs (analysis.md 5.2).
 
     ``context_audit`` may be the audit result (mapping with ``totalOverhead`` or an
     object with ``total_overhead``) or the overhead token count itself.
+    ``fill_ratios`` (one per run, prompt ÷ window) replaces the reference's
+    cumulative-input fill in the Context Fill signal.
     """
     runs = list(runs)
-    signals = _compute_signals(runs, context_audit)
+    signals = _compute_signals(runs, context_audit, fill_ratios)
     score = js_round(_clamp(_weighted(signals), 0, 100))
     recs = [
         _RECOMMENDATIONS[s.name] for s in sorted(signals, key=lambda s: s.score) if s.score < 70
