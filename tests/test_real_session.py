@@ -342,3 +342,24 @@ def test_a_session_over_budget_gets_one_line(paths: StatePaths, ws: Path,
     assert "daily limit of $0.05" in out["prependContext"]
     again = turn(rt, "and more", c)
     assert again is None or "Over budget" not in again.get("prependContext", "")
+
+
+def test_session_end_cleans_only_its_own_directory(paths: StatePaths, ws: Path) -> None:
+    """COMPAT D35: a session end ages out its own checkpoint files, not every session's."""
+    import os
+
+    rt = make_rt(paths, ws)
+    old = time.time() - 10 * 86400
+    files = {}
+    for sid in ("s1", "s2"):
+        d = paths.checkpoints / sid
+        d.mkdir(parents=True)
+        f = d / "2026-01-01T00-00-00-000Z-compact.md"
+        f.write_text("old")
+        os.utime(f, (old, old))
+        files[sid] = f
+    handle(rt, "session_end", {"reason": "deleted"}, ctx("s1", ws=ws))
+    assert not files["s1"].exists()
+    assert files["s2"].exists()  # left for the start-up / hourly sweep
+    rt.store.cleanup(7)
+    assert not files["s2"].exists()
