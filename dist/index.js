@@ -508,6 +508,27 @@ class Bridge {
   }
 }
 
+// OpenClaw may call register() more than once in one process (openclaw/openclaw#77822), and
+// when two registrations' handlers are live the host hands each of them the same call: the
+// same ctx object and the same event object (before_tool_call clones the event per handler,
+// but the ctx and its toolCallId are the same). Such a second dispatch is not forwarded again.
+const SEEN_KEY = Symbol.for("token-optimizer-openclaw.seenCalls");
+
+function isRepeat(hook, event, ctx) {
+  if (!ctx || typeof ctx !== "object") return false;
+  const seen = (globalThis[SEEN_KEY] ??= new WeakMap());
+  let hooks = seen.get(ctx);
+  if (!hooks) {
+    hooks = new Map();
+    seen.set(ctx, hooks);
+  }
+  const prev = hooks.get(hook);
+  const callId = typeof ctx.toolCallId === "string" && ctx.toolCallId ? ctx.toolCallId : null;
+  hooks.set(hook, { event, callId });
+  if (!prev) return false;
+  return prev.event === event || (callId !== null && prev.callId === callId);
+}
+
 /** The per-process bridge (shared by every registration's module instance). */
 export function getBridge() {
   let b = globalThis[BRIDGE_KEY];
@@ -530,7 +551,8 @@ export function register(api) {
     });
   }
   for (const hook of HOOKS) {
-    api.on(hook, (event, ctx) => getBridge().dispatch(hook, event, ctx, api));
+    api.on(hook, (event, ctx) =>
+      isRepeat(hook, event, ctx) ? undefined : getBridge().dispatch(hook, event, ctx, api));
   }
 }
 

@@ -164,3 +164,23 @@ def test_cli_process_exits_by_itself_and_takes_the_worker_along() -> None:
     pid = out["workerPid"]
     assert isinstance(pid, int)
     assert wait_for(lambda: not pid_alive(pid), 5, 0.05)
+
+
+def test_two_live_registrations_handle_each_call_once(tmp_path: Path) -> None:
+    """openclaw/openclaw#77822: register() twice, both handler sets live: one worker, and each
+    call is handled once (no doubled tool counts, no doubled prependContext)."""
+    trace = tmp_path / "trace.jsonl"
+    env = {**os.environ, "SHIM_CONFIG": json.dumps({"pythonPath": sys.executable, "timeoutMs": 5000}),
+           "TOKEN_OPTIMIZER_OPENCLAW_TRACE": str(trace),
+           "TOKEN_OPTIMIZER_HOME": str(tmp_path / "state")}
+    p = subprocess.run([_node(), str(ROOT / "tests" / "realhost" / "openclaw_double_register.mjs"),
+                        str(ENTRY)], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["handlers"] == 2  # both registrations' handlers are live ...
+    assert sum(r is not None for r in out["turn"]) <= 1  # never two prependContext answers
+    rows = [json.loads(x) for x in trace.read_text().splitlines() if x.strip()]
+    hooks = [r["hook"] for r in rows]
+    assert hooks.count("after_tool_call") == 3 and hooks.count("before_tool_call") == 3
+    assert hooks.count("agent_turn_prepare") == 1
+    assert len({r["pid"] for r in rows}) == 1  # ... and one worker
