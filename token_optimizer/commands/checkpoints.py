@@ -20,7 +20,7 @@ def _parse_days(raw: str | None, default: int = 30) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    policy = CheckpointPolicy(resolve_paths(args.home), PolicySettings.from_env())
+    policy = CheckpointPolicy(resolve_paths(args.home), PolicySettings.resolve())
     h = policy.health()
     if args.json:
         print(jsutil.dumps_pretty(h))
@@ -49,7 +49,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_checkpoint_stats(args: argparse.Namespace) -> int:
     days = _parse_days(args.days)
-    policy = CheckpointPolicy(resolve_paths(args.home), PolicySettings.from_env())
+    policy = CheckpointPolicy(resolve_paths(args.home), PolicySettings.resolve())
     s = policy.telemetry_summary(days)
     if args.json:
         print(jsutil.dumps_pretty(s))
