@@ -248,7 +248,7 @@ READ_CACHE = _s("TOKEN_OPTIMIZER_READ_CACHE", "readCache", "bool", True,
                 "`read_cache_enabled` in `read-cache/config.json`", parse_switch,
                 read="every read", empty_is_unset=False)
 READ_CACHE_MODE = _s("TOKEN_OPTIMIZER_READ_CACHE_MODE", "readCacheMode", "choice", "warn",
-                     "warn|block (case-insensitive)",
+                     "warn or block (case-insensitive)",
                      "`block` blocks redundant full re-reads; also `read_cache_mode` in "
                      "`read-cache/config.json`", parse_read_cache_mode,
                      read="every read", empty_is_unset=False)
@@ -279,7 +279,7 @@ BUDGET_MONTHLY_USD = _s("TOKEN_OPTIMIZER_BUDGET_MONTHLY_USD", "budgetMonthlyUsd"
                         "USD >= 0", "monthly spend limit the `budget`/`audit` commands check "
                         "(default: none)", float_parser(0.0), scope="cli")
 LOG_LEVEL = _s("TOKEN_OPTIMIZER_LOG_LEVEL", None, "choice", "INFO",
-               "DEBUG|INFO|WARNING|ERROR (case-insensitive)",
+               "DEBUG, INFO, WARNING or ERROR (case-insensitive)",
                "log level of the OpenClaw worker (its stderr, which the gateway logs)",
                choice_parser("DEBUG", "INFO", "WARNING", "ERROR", upper=True), scope="worker")
 OPENCLAW_TRACE = _s("TOKEN_OPTIMIZER_OPENCLAW_TRACE", None, "path", None, "a file path",

@@ -299,8 +299,11 @@ def run_doctor(args: argparse.Namespace) -> tuple[list[Check], dict[str, Any], l
     policy = CheckpointPolicy(cp_paths, PolicySettings.resolve(
         st.Sources.current(hosts[0].plugin_config() if hosts else None, first)))
     health = policy.health()
+    hooks_seen = any(c.name == "hooks seen" and c.status == OK for c in checks)
     for issue in health["issues"]:
-        checks.append(Check("checkpoints", "checkpoint store", ATTENTION, issue))
+        # hooks run but nothing was captured yet: the runtime creates the directory then
+        fresh = hooks_seen and not os.path.lexists(cp_paths.checkpoints)
+        checks.append(Check("checkpoints", "checkpoint store", INFO if fresh else ATTENTION, issue))
     telemetry = policy.settings.telemetry
     if not telemetry:
         checks.append(Check("checkpoints", "telemetry", INFO, TELEMETRY_HINT))

@@ -365,6 +365,11 @@ def run_doctor(args: argparse.Namespace) -> list[Check]:
         checks.append(Check("python", "ok", f"{resolved} (from {src})"))
         checks.append(ping_worker(resolved))
     checks.append(check_node())
+    from token_optimizer.commands.doctor import ATTENTION, probe_writable
+    from token_optimizer.fsutil import resolve_paths
+
+    status, detail = probe_writable(resolve_paths().root)  # a read-only root fails every hook
+    checks.append(Check("state root", "fail" if status == ATTENTION else "ok", detail))
     return checks
 
 
