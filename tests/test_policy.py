@@ -730,13 +730,12 @@ def test_cli_doctor_json_and_text(paths: StatePaths, capsys: pytest.CaptureFixtu
 
 
 def test_cli_doctor_without_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run_cli(["--home", str(tmp_path / "nope"), "doctor"]) == 0
+    assert _run_cli(["--home", str(tmp_path / "nope"), "doctor"]) == 1  # issue 13: attention exits 1
     assert "needs attention" in capsys.readouterr().out
     assert not (tmp_path / "nope").exists()
 
 
-@pytest.mark.parametrize(("raw", "days"), [(None, 30), ("0", 30), ("abc", 30), ("7", 7), ("-5", 1),
-                                           ("1000", 365), ("12d", 12)])
+@pytest.mark.parametrize(("raw", "days"), [(None, 30), ("7", 7), ("1000", 365), ("12d", 12)])
 def test_cli_checkpoint_stats_days(paths: StatePaths, capsys: pytest.CaptureFixture[str],
                                    raw: str | None, days: int) -> None:
     argv = ["--home", str(paths.root), "checkpoint-stats", "--json"]
@@ -747,6 +746,15 @@ def test_cli_checkpoint_stats_days(paths: StatePaths, capsys: pytest.CaptureFixt
     assert doc["days"] == days
     assert list(doc) == ["enabled", "eventLog", "days", "totalEvents", "recentEvents", "byTrigger",
                          "lastEvent"]
+
+
+@pytest.mark.parametrize("raw", ["0", "abc", "-5"])
+def test_cli_checkpoint_stats_rejects_days_below_one(paths: StatePaths, capsys: pytest.CaptureFixture[str],
+                                                      raw: str) -> None:
+    # issue 13: these were read as 30 (0, abc) or 1 (-5) in silence
+    assert _run_cli(["--home", str(paths.root), "checkpoint-stats", "--days", raw]) == 2
+    err = capsys.readouterr().err
+    assert "--days must be a whole number of days from 1 to 365" in err and repr(raw) in err
 
 
 def test_cli_checkpoint_stats_text(paths: StatePaths, capsys: pytest.CaptureFixture[str]) -> None:

@@ -191,8 +191,12 @@ def test_enable_switch(rc: ReadCache, paths: StatePaths, proj: Path, monkeypatch
     assert rc.enabled() is False
     rc.before_read("a.txt", None, None, "main", "s1")
     assert not (paths.read_cache / "main-s1.json").exists()
-    monkeypatch.setenv("TOKEN_OPTIMIZER_READ_CACHE", "false")  # any value but "0" enables
+    monkeypatch.setenv("TOKEN_OPTIMIZER_READ_CACHE", "on")  # a set env var wins over the file
     assert rc.enabled() is True
+    # issue 13: the usual false spellings turn it off (the reference took only "0")
+    for off in ("false", "OFF", "no", " 0 "):
+        monkeypatch.setenv("TOKEN_OPTIMIZER_READ_CACHE", off)
+        assert rc.enabled() is False, off
     monkeypatch.setenv("TOKEN_OPTIMIZER_READ_CACHE", "0")
     (paths.read_cache / "config.json").write_text('{"read_cache_enabled": true}')
     assert rc.enabled() is False

@@ -19,6 +19,7 @@ CLI_MODULES = (
     "token_optimizer.commands.demo",
     "token_optimizer.commands.sessions",
     "token_optimizer.commands.checkpoints",
+    "token_optimizer.commands.config",
     "token_optimizer.commands.v5",
     "token_optimizer.commands.openclaw",
     "token_optimizer.commands.audit",
@@ -27,17 +28,40 @@ CLI_MODULES = (
 )
 
 
+HOME_HELP = "state root (default: $TOKEN_OPTIMIZER_HOME or ~/.openclaw/token-optimizer)"
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    """``--home`` and ``-v`` on a subcommand's parser too (``demo --home DIR``).
+
+    Their default is ``SUPPRESS``: a subcommand sets them only when they are given after
+    it, and then its value wins over one given before the subcommand.
+    """
+    known = {opt for a in parser._actions for opt in a.option_strings}
+    if "--home" not in known:
+        parser.add_argument("--home", default=argparse.SUPPRESS, help=HOME_HELP)
+    if "--verbose" not in known and "-v" not in known:
+        parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="log to stderr at debug level")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_global_options(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="token-optimizer",
         description="Keep long agent sessions cheap and coherent; inspect and prune its state.",
     )
-    parser.add_argument("--home", help="state root (default: $TOKEN_OPTIMIZER_HOME or ~/.openclaw/token-optimizer)")
+    parser.add_argument("--home", help=HOME_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr at debug level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in CLI_MODULES:
         mod = importlib.import_module(name)
         mod.register_cli(sub)
+    for child in dict.fromkeys(sub.choices.values()):
+        _add_global_options(child)
     return parser
 
 

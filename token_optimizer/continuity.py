@@ -26,11 +26,12 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from token_optimizer import settings as st
 from token_optimizer.bounded import BoundedMap
 from token_optimizer.checkpoint_index import CheckpointIndex
 from token_optimizer.fsutil import (
@@ -649,22 +650,47 @@ TOKEN_CACHE_CAP = 256
 """Checkpoints whose text and tokens are remembered (a search reads at most 50)."""
 
 
+@dataclass(frozen=True)
+class ContinuitySettings:
+    """The continuity tunables. ``NaN`` keeps the reference's meaning (a ``NaN`` threshold
+    lets nothing pass; a ``NaN`` age applies no age filter)."""
+
+    relevance_threshold: float = st.RELEVANCE_THRESHOLD.default
+    max_age_days: float = st.CONTINUITY_MAX_AGE_DAYS.default
+    resume_topic_bar: float = st.RESUME_TOPIC_BAR.default
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ContinuitySettings:
+        """The reference's reading (``parseFloat``/``parseInt`` prefixes, ``NaN``)."""
+        e = os.environ if env is None else env
+
+        def raw(s: st.Setting) -> str:
+            return e.get(s.env or "", str(s.default))
+
+        return cls(parse_float(raw(st.RELEVANCE_THRESHOLD)),
+                   parse_int(raw(st.CONTINUITY_MAX_AGE_DAYS)),
+                   parse_float(raw(st.RESUME_TOPIC_BAR)))
+
+    @classmethod
+    def resolve(cls, sources: st.Sources | None = None) -> ContinuitySettings:
+        """Validated (see :mod:`token_optimizer.settings`): what the runtime uses."""
+        src = sources if sources is not None else st.Sources.current()
+        return cls(float(src.value(st.RELEVANCE_THRESHOLD)),
+                   float(src.value(st.CONTINUITY_MAX_AGE_DAYS)),
+                   float(src.value(st.RESUME_TOPIC_BAR)))
+
+
 class Continuity:
     """Prior-session lookup for the first user turn of a session."""
 
-    def __init__(self, paths: StatePaths, log_savings: LogSavings) -> None:
+    def __init__(self, paths: StatePaths, log_savings: LogSavings,
+                 settings: ContinuitySettings | None = None) -> None:
         self.paths = paths
         self.log_savings = log_savings
-        env = os.environ
-        self.relevance_threshold: float = parse_float(
-            env.get("TOKEN_OPTIMIZER_RELEVANCE_THRESHOLD", "0.3")
-        )
-        self.max_age_days: float = parse_int(
-            env.get("TOKEN_OPTIMIZER_CONTINUITY_MAX_AGE_DAYS", "7")
-        )
-        self.resume_topic_bar: float = parse_float(
-            env.get("TOKEN_OPTIMIZER_RESUME_TOPIC_BAR", "0.22")
-        )
+        s = settings if settings is not None else ContinuitySettings.from_env()
+        self.relevance_threshold: float = s.relevance_threshold
+        self.max_age_days: float = s.max_age_days
+        self.resume_topic_bar: float = s.resume_topic_bar
         self.home: str = str(default_home())
         # Every session's manifest rows, indexed in SQLite (checkpoint_index.py).
         self.index = CheckpointIndex(paths)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from token_optimizer import settings
+
 log = logging.getLogger("token_optimizer")
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -97,7 +99,7 @@ def resolve_paths(root: str | os.PathLike[str] | None = None) -> StatePaths:
     """Resolve the state root: explicit argument, ``TOKEN_OPTIMIZER_HOME``, or
     ``<OpenClaw state dir>/token-optimizer`` (see :func:`openclaw_state_dir`)."""
     if root is None:
-        env = os.environ.get("TOKEN_OPTIMIZER_HOME")
+        env = settings.env_raw(settings.HOME)
         if env:
             root = env
     if root is not None:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from token_optimizer import fsutil, jsutil
+from token_optimizer import settings as st
 from token_optimizer.bounded import BoundedMap, StripedLocks
 from token_optimizer.fsutil import StatePaths, sanitize_checkpoint_id
 
@@ -56,11 +57,11 @@ MANIFEST_FILENAME = "manifest.jsonl"
 PRE_FANOUT = "pre-fanout"
 TELEMETRY_PLATFORM = "openclaw"
 
-ENV_CHECKPOINT_COOLDOWN = "TOKEN_OPTIMIZER_CHECKPOINT_COOLDOWN_MS"
-ENV_EVALUATION_COOLDOWN = "TOKEN_OPTIMIZER_RUNTIME_EVALUATION_COOLDOWN_MS"
-ENV_EDIT_BATCH_WRITES = "TOKEN_OPTIMIZER_EDIT_BATCH_WRITE_THRESHOLD"
-ENV_EDIT_BATCH_FILES = "TOKEN_OPTIMIZER_EDIT_BATCH_FILE_THRESHOLD"
-ENV_TELEMETRY = "TOKEN_OPTIMIZER_CHECKPOINT_TELEMETRY"
+ENV_CHECKPOINT_COOLDOWN: str = st.CHECKPOINT_COOLDOWN_MS.env or ""
+ENV_EVALUATION_COOLDOWN: str = st.EVALUATION_COOLDOWN_MS.env or ""
+ENV_EDIT_BATCH_WRITES: str = st.EDIT_BATCH_WRITE_THRESHOLD.env or ""
+ENV_EDIT_BATCH_FILES: str = st.EDIT_BATCH_FILE_THRESHOLD.env or ""
+ENV_TELEMETRY: str = st.CHECKPOINT_TELEMETRY.env or ""
 
 _DAY_MS = 86_400_000
 EVENTS_MAX_BYTES = 16 << 20
@@ -92,20 +93,34 @@ class PolicySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PolicySettings:
-        """Read the spec's environment variables (JS ``parseInt`` semantics)."""
+        """The reference's own reading of these variables (JS ``parseInt``: ``"5s"`` -> 5,
+        ``"abc"`` -> ``NaN``), kept as the spec pins it; the runtime uses :meth:`resolve`."""
         e: Mapping[str, str] = os.environ if env is None else env
 
-        def num(name: str, default: str) -> float:
-            raw = e.get(name)
-            return jsutil.parse_int(default if raw is None else raw)
+        def num(s: st.Setting) -> float:
+            raw = e.get(s.env or "")
+            return jsutil.parse_int(str(s.default) if raw is None else raw)
 
         flag = e.get(ENV_TELEMETRY)
         return cls(
-            checkpoint_cooldown_ms=num(ENV_CHECKPOINT_COOLDOWN, "90000"),
-            evaluation_cooldown_ms=num(ENV_EVALUATION_COOLDOWN, "30000"),
-            edit_batch_write_threshold=num(ENV_EDIT_BATCH_WRITES, "4"),
-            edit_batch_file_threshold=num(ENV_EDIT_BATCH_FILES, "3"),
+            checkpoint_cooldown_ms=num(st.CHECKPOINT_COOLDOWN_MS),
+            evaluation_cooldown_ms=num(st.EVALUATION_COOLDOWN_MS),
+            edit_batch_write_threshold=num(st.EDIT_BATCH_WRITE_THRESHOLD),
+            edit_batch_file_threshold=num(st.EDIT_BATCH_FILE_THRESHOLD),
             telemetry=("0" if flag is None else flag).lower() in ("1", "true", "yes", "on"),
+        )
+
+    @classmethod
+    def resolve(cls, sources: st.Sources | None = None) -> PolicySettings:
+        """The validated settings (environment over plugin config; a rejected value gives
+        the default and one warning; see :mod:`token_optimizer.settings`)."""
+        src = sources if sources is not None else st.Sources.current()
+        return cls(
+            checkpoint_cooldown_ms=src.value(st.CHECKPOINT_COOLDOWN_MS),
+            evaluation_cooldown_ms=src.value(st.EVALUATION_COOLDOWN_MS),
+            edit_batch_write_threshold=src.value(st.EDIT_BATCH_WRITE_THRESHOLD),
+            edit_batch_file_threshold=src.value(st.EDIT_BATCH_FILE_THRESHOLD),
+            telemetry=bool(src.value(st.CHECKPOINT_TELEMETRY)),
         )
 
 
@@ -301,7 +316,7 @@ class CheckpointPolicy:
 
     def __init__(self, paths: StatePaths, settings: PolicySettings | None = None) -> None:
         self.paths = paths
-        self.settings = settings if settings is not None else PolicySettings.from_env()
+        self.settings = settings if settings is not None else PolicySettings.resolve()
         self.states: BoundedMap[str, SessionCheckpointState] = BoundedMap("checkpoint-policy-states")
         self._stripes = StripedLocks(_LOCK_STRIPES)
 

@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from token_optimizer import settings
 from token_optimizer.jsutil import js_round, js_trim, loads, now_ms, parse_iso_ms
 
 log = logging.getLogger("token_optimizer")
@@ -138,7 +139,7 @@ DEFAULT_TIER = "anthropic"
 _REGIONAL_SURCHARGED = frozenset({"fable", "opus", "sonnet", "haiku"})
 
 SONNET_INTRO_END_MS = parse_iso_ms("2026-09-01T00:00:00Z")
-PRICING_AS_OF_ENV = "TOKEN_OPTIMIZER_PRICING_AS_OF"
+PRICING_AS_OF_ENV: str = settings.PRICING_AS_OF.env or ""
 
 # ---------------------------------------------------------------- normalisation
 
@@ -375,8 +376,8 @@ def apply_sonnet_intro_pricing(as_of: float | None = None) -> bool:
     if as_of is not None:
         now = float(as_of)
     else:
-        env = os.environ.get(PRICING_AS_OF_ENV)
-        now = parse_iso_ms(env + "T00:00:00Z") if env is not None else float(now_ms())
+        day = settings.env_value(settings.PRICING_AS_OF)  # a bad date warns: the clock decides
+        now = parse_iso_ms(day + "T00:00:00Z") if day is not None else float(now_ms())
     intro = math.isfinite(now) and now < SONNET_INTRO_END_MS
     with _pricing_lock:
         DEFAULT_PRICING["sonnet"] = replace(SONNET_INTRO if intro else SONNET_STANDARD)
@@ -499,7 +500,7 @@ def _tier_path(openclaw_dir: str | os.PathLike[str] | None) -> str:
         return os.path.join(os.fspath(openclaw_dir), "token-optimizer", "config.json")
     # The state root depends only on these variables; resolve it once per combination.
     env = os.environ
-    key = (env.get("TOKEN_OPTIMIZER_HOME"), env.get("HOME"), env.get("USERPROFILE"))
+    key = (settings.env_raw(settings.HOME, env), env.get("HOME"), env.get("USERPROFILE"))
     if _root_memo and _root_memo[0][0] == key:
         return _root_memo[0][1]
     from token_optimizer.fsutil import resolve_paths

@@ -44,6 +44,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from token_optimizer import settings as st
 from token_optimizer.bounded import BoundedMap
 from token_optimizer.delta_diff import compute_delta
 from token_optimizer.fsutil import (
@@ -93,8 +94,8 @@ BINARY_EXTENSIONS = frozenset({
 })
 _JS_EXTENSIONS = frozenset({".js", ".ts", ".jsx", ".tsx", ".mjs", ".cjs"})
 
-ENV_ENABLED = "TOKEN_OPTIMIZER_READ_CACHE"
-ENV_MODE = "TOKEN_OPTIMIZER_READ_CACHE_MODE"
+ENV_ENABLED: str = st.READ_CACHE.env or ""
+ENV_MODE: str = st.READ_CACHE_MODE.env or ""
 
 PREFIX = "[Token Optimizer] "
 
@@ -204,8 +205,10 @@ class ReadCache:
     """Per-session read bookkeeping; see the module docstring."""
 
     def __init__(self, paths: StatePaths, *, cwd: Callable[[], str] = os.getcwd,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, sources: st.Sources | None = None) -> None:
         self.paths = paths
+        self.sources = sources if sources is not None else st.Sources.current()
+        """The environment (read live, on every call) and the host's plugin config."""
         self._cwd = cwd
         self.telemetry = telemetry if telemetry is not None else Telemetry(paths)
         self._lock = threading.RLock()
@@ -234,26 +237,39 @@ class ReadCache:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def _sources(self, env: Mapping[str, str] | None) -> st.Sources:
+        if env is None:
+            return self.sources
+        return st.Sources(env, self.sources.plugin, self.sources.host)
+
     def enabled(self, env: Mapping[str, str] | None = None) -> bool:
-        """Off only for env ``TOKEN_OPTIMIZER_READ_CACHE=0`` or, env unset, config ``read_cache_enabled: false``."""
-        env = os.environ if env is None else env
-        val = env.get(ENV_ENABLED)
-        if val == "0":
-            return False
-        if val is None:
+        """Off for ``TOKEN_OPTIMIZER_READ_CACHE`` = ``0/false/no/off`` (``1/true/yes/on``
+        for on), else plugin config ``readCache``, else ``read_cache_enabled: false`` in
+        ``read-cache/config.json`` (only the boolean ``false`` there disables, as in the
+        reference). Any other value warns once and leaves the cache on."""
+        src = self._sources(env)
+        r = st.resolve(st.READ_CACHE, src)
+        if r.source == st.SOURCE_DEFAULT:  # nothing set: the reference's file decides
             return self._config().get("read_cache_enabled") is not False
-        return True
+        if r.problem is not None:
+            st.warn_invalid(r)
+        return bool(r.value)
 
     def mode(self, env: Mapping[str, str] | None = None) -> str:
-        """``warn`` or ``block`` (or any other lower-cased value, which behaves as warn)."""
-        env = os.environ if env is None else env
-        val = env.get(ENV_MODE)
-        if val is not None:
-            return val.lower()
-        cfg = self._config().get("read_cache_mode")
-        if isinstance(cfg, str) and js_trim(cfg):
-            return cfg.lower()
-        return "warn"
+        """``warn`` or ``block``, lower-cased and untrimmed like the reference: a value that is
+        neither (``blok``, ``"block "``, a set-but-empty variable) behaves as warn and logs one
+        warning saying so. The environment (even empty) wins, then plugin config
+        ``readCacheMode``, then ``read_cache_mode`` in ``read-cache/config.json``."""
+        src = self._sources(env)
+        r = st.resolve(st.READ_CACHE_MODE, src)
+        if r.source == st.SOURCE_DEFAULT:
+            cfg = self._config().get("read_cache_mode")
+            if not (isinstance(cfg, str) and js_trim(cfg)):
+                return "warn"
+            r = st.resolve(st.READ_CACHE_MODE, src, file_value=cfg)
+        if r.problem is not None:
+            st.warn_invalid(r)
+        return r.raw.lower() if isinstance(r.raw, str) else str(r.value)
 
     # ------------------------------------------------------------ .contextignore
 

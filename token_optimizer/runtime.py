@@ -30,7 +30,12 @@ from token_optimizer import bounded
 from token_optimizer.bounded import BoundedMap, BoundedSet
 from token_optimizer.checkpoints import CheckpointStore
 from token_optimizer.config import Config
-from token_optimizer.continuity import RECOVERED_MARKER, TRUST_MARKER, Continuity
+from token_optimizer.continuity import (
+    RECOVERED_MARKER,
+    TRUST_MARKER,
+    Continuity,
+    ContinuitySettings,
+)
 from token_optimizer.events import (
     Action,
     CompactionAfter,
@@ -48,6 +53,7 @@ from token_optimizer.events import (
     Usage,
 )
 from token_optimizer.fsutil import StatePaths, resolve_paths
+from token_optimizer.heartbeat import Heartbeat
 from token_optimizer.jsutil import js_number, js_trim, to_fixed
 from token_optimizer.ledger import Ledger, LedgerSnapshot
 from token_optimizer.models import Message
@@ -131,18 +137,23 @@ class TokenOptimizer:
         cwd: str | None = None,
         active_work: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
+        host: str | None = None,
     ) -> None:
         self.paths: StatePaths = resolve_paths(home)
         self.config = config if config is not None else Config.from_env()
-        self.settings = settings if settings is not None else PolicySettings.from_env()
+        sources = self.config.settings_sources()  # environment over the host's plugin config
+        self.settings = settings if settings is not None else PolicySettings.resolve(sources)
         self.cwd = cwd
         self._clock = clock
         self.policy = CheckpointPolicy(self.paths, self.settings)
         self.store = CheckpointStore(self.paths, self.policy)
         self.ledger = Ledger(openclaw_dir=self.paths.openclaw_dir)
         self.telemetry = Telemetry(self.paths)
-        self.read_cache = ReadCache(self.paths, cwd=self._cwd, telemetry=self.telemetry)
-        self.continuity = Continuity(self.paths, log_savings=self.telemetry.log_savings_event)
+        self.read_cache = ReadCache(self.paths, cwd=self._cwd, telemetry=self.telemetry,
+                                    sources=sources)
+        self.continuity = Continuity(self.paths, log_savings=self.telemetry.log_savings_event,
+                                     settings=ContinuitySettings.resolve(sources))
+        self.heartbeat = Heartbeat(self.paths, host if host is not None else self.config.host)
         self.index = SessionIndex(self.paths, active_work=active_work,
                                   pending_restore=self.has_pending_restore)
         # Per-session collections (runtime.md §1.5), all bounded.
@@ -224,6 +235,7 @@ class TokenOptimizer:
                 self._maybe_prune()
             except Exception:
                 log.debug("prune check failed", exc_info=True)
+            self.heartbeat.beat()  # throttled (once a minute), never raises
             return HookOutcome(result=result, actions=list(col.actions))
 
     def _maybe_prune(self) -> None:

@@ -1,55 +1,48 @@
-"""``token-optimizer doctor`` and ``checkpoint-stats``: the checkpoint store's health and telemetry."""
+"""``token-optimizer checkpoint-stats`` (checkpoint telemetry) and the ``doctor`` registration.
+
+The doctor itself lives in :mod:`token_optimizer.commands.doctor`; the checkpoint store's
+health is one of its sections.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
 from token_optimizer import jsutil
+from token_optimizer.commands import doctor
 from token_optimizer.fsutil import resolve_paths
 from token_optimizer.policy import CheckpointPolicy, PolicySettings
 
+DAYS_MAX = 365
+
+
+class DaysError(ValueError):
+    pass
+
 
 def _parse_days(raw: str | None, default: int = 30) -> int:
-    """``--days``: integer prefix; unparsable or 0 gives the default; clamped to [1, 365]."""
-    n = jsutil.parse_int(raw) if raw is not None else math.nan
-    if math.isnan(n) or n == 0:
-        n = default
-    return int(min(365, max(1, n)))
+    """``--days``: the reference's integer prefix (``12d`` -> 12), clamped to at most 365.
 
-
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    policy = CheckpointPolicy(resolve_paths(args.home), PolicySettings.from_env())
-    h = policy.health()
-    if args.json:
-        print(jsutil.dumps_pretty(h))
-        return 0
-    lines = [
-        "Token Optimizer checkpoint doctor",
-        "=" * 50,
-        f"Status:              {'healthy' if h['ok'] else 'needs attention'}",
-        f"Checkpoint root:     {h['checkpointRoot']}",
-        f"Sessions:            {h['sessionCount']}",
-        f"Checkpoint files:    {h['checkpointCount']}",
-        f"Policy files:        {h['policyCount']}",
-        f"Pending triggers:    {h['pendingCount']}",
-        f"Stored bytes:        {h['checkpointBytes']}",
-        f"Recent events (7d):  {h['recentCheckpointEvents']}",
-        f"Last trigger:        {h.get('lastCheckpointTrigger') or 'none'}",
-    ]
-    if h["issues"]:
-        lines.append("Issues:")
-        lines.extend(f"  - {issue}" for issue in h["issues"])
-    else:
-        lines.append("Issues: none")
-    print("\n".join(lines))
-    return 0
+    0, a negative number or no number at all is an error (it used to mean 30 or 1 in
+    silence)."""
+    if raw is None:
+        return default
+    n = jsutil.parse_int(raw)
+    if math.isnan(n) or n < 1:
+        raise DaysError(f"--days must be a whole number of days from 1 to {DAYS_MAX}, got {raw!r}")
+    return int(min(DAYS_MAX, n))
 
 
 def _cmd_checkpoint_stats(args: argparse.Namespace) -> int:
-    days = _parse_days(args.days)
-    policy = CheckpointPolicy(resolve_paths(args.home), PolicySettings.from_env())
+    try:
+        days = _parse_days(args.days)
+    except DaysError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    policy = CheckpointPolicy(resolve_paths(args.home), PolicySettings.resolve())
     s = policy.telemetry_summary(days)
     if args.json:
         print(jsutil.dumps_pretty(s))
@@ -58,6 +51,10 @@ def _cmd_checkpoint_stats(args: argparse.Namespace) -> int:
         f"Checkpoint telemetry ({days}d)",
         "=" * 50,
         f"Enabled:        {'yes' if s['enabled'] else 'no'}",
+    ]
+    if not s["enabled"]:
+        lines.append(f"  {doctor.TELEMETRY_HINT}")
+    lines += [
         f"Event log:      {s['eventLog']}",
         f"Total events:   {s['totalEvents']}",
         f"Recent events:  {s['recentEvents']}",
@@ -80,10 +77,9 @@ def _cmd_checkpoint_stats(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: Any) -> None:
     """Add ``doctor`` and ``checkpoint-stats`` (both with ``--json``)."""
-    p = subparsers.add_parser("doctor", help="check the checkpoint store's health")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_doctor)
+    doctor.register_cli(subparsers)
     s = subparsers.add_parser("checkpoint-stats", help="summarise checkpoint telemetry")
-    s.add_argument("--days", default=None, metavar="N", help="window in days (default 30, 1-365)")
+    s.add_argument("--days", default=None, metavar="N",
+                   help=f"window in days (default 30, 1-{DAYS_MAX}; larger values mean {DAYS_MAX})")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_cmd_checkpoint_stats)

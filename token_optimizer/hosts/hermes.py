@@ -378,7 +378,7 @@ class HermesPlugin:
             entry = entries.get(PLUGIN_NAME) if isinstance(entries, Mapping) else None
         except Exception:
             entry = None
-        return Config.merged(entry if isinstance(entry, Mapping) else None)
+        return Config.merged(entry if isinstance(entry, Mapping) else None, host="hermes")
 
     # ------------------------------------------------------------ registration
 

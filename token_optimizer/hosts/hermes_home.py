@@ -24,7 +24,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-from token_optimizer import fsutil
+from token_optimizer import fsutil, settings
 from token_optimizer.fsutil import sanitize_checkpoint_id
 
 log = logging.getLogger("token_optimizer.hosts.hermes")
@@ -47,7 +47,7 @@ def hermes_home() -> Path:
 
 def state_root() -> Path | None:
     """The state root to use under Hermes; ``None`` when ``TOKEN_OPTIMIZER_HOME`` decides."""
-    if os.environ.get("TOKEN_OPTIMIZER_HOME"):
+    if settings.env_raw(settings.HOME):
         return None
     return hermes_home() / STATE_DIR_NAME
 

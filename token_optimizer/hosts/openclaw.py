@@ -46,14 +46,14 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from token_optimizer import __version__
+from token_optimizer import __version__, settings
 from token_optimizer.jsutil import dumps_compact
 
 PROTOCOL_VERSION = 1
 log = logging.getLogger("token_optimizer.hosts.openclaw")
 
 # Shim-only settings: meaningful to the JS side, not to Config.
-SHIM_KEYS = frozenset({"pythonPath", "timeoutMs", "startupTimeoutMs", "maxMessages"})
+SHIM_KEYS = frozenset(s.key for s in settings.SETTINGS if s.scope == "shim" and s.key)
 
 
 class Outcome(Protocol):
@@ -76,13 +76,13 @@ def core_config(config: dict[str, Any]) -> dict[str, Any]:
 def build_runtime(config: dict[str, Any] | None) -> Runtime:
     """The real core, or the factory named by ``TOKEN_OPTIMIZER_OPENCLAW_RUNTIME``
     (``module:attr``; for debugging the bridge with a stand-in)."""
-    spec = os.environ.get("TOKEN_OPTIMIZER_OPENCLAW_RUNTIME")
+    spec = settings.env_value(settings.OPENCLAW_RUNTIME)
     cfg_obj: Any = None
     try:
         from token_optimizer.config import Config
 
         # plugin config first, TOKEN_OPTIMIZER_* environment variables on top
-        cfg_obj = Config.merged(core_config(config or {}))
+        cfg_obj = Config.merged(core_config(config or {}), host="openclaw")
     except Exception:
         log.warning("[token-optimizer] ignoring invalid plugin config", exc_info=True)
     if spec:
@@ -142,7 +142,7 @@ class Worker:
 
     def preload(self) -> None:
         """Import the core before announcing readiness (the first hook then pays no import)."""
-        if os.environ.get("TOKEN_OPTIMIZER_OPENCLAW_RUNTIME"):
+        if settings.env_raw(settings.OPENCLAW_RUNTIME):
             return
         try:
             importlib.import_module("token_optimizer.runtime")
@@ -412,15 +412,18 @@ DUPLICATES = _DuplicateFilter()
 
 
 def setup_logging() -> None:
-    level_name = os.environ.get("TOKEN_OPTIMIZER_LOG_LEVEL", "INFO").upper()
-    level = getattr(logging, level_name, logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     handler.addFilter(DUPLICATES)
     root = logging.getLogger("token_optimizer")
     root.handlers[:] = [handler]
-    root.setLevel(level if isinstance(level, int) else logging.INFO)
+    root.setLevel(logging.INFO)
     root.propagate = False
+    level_name = str(settings.LOG_LEVEL.default)
+    with contextlib.suppress(Exception):  # a bad value warns (through the handler above)
+        level_name = str(settings.env_value(settings.LOG_LEVEL))
+    level = getattr(logging, level_name, logging.INFO)
+    root.setLevel(level if isinstance(level, int) else logging.INFO)
 
 
 def main() -> int:
@@ -433,7 +436,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _term)
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    worker = Worker(out, trace_path=os.environ.get("TOKEN_OPTIMIZER_OPENCLAW_TRACE") or None)
+    worker = Worker(out, trace_path=settings.env_value(settings.OPENCLAW_TRACE))
     worker.preload()
     gc.freeze()  # long-lived process: keep the imported modules out of later collections
     worker.send({"id": None, "type": "ready", "pid": os.getpid(), "protocol": PROTOCOL_VERSION})

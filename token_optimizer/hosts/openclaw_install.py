@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from token_optimizer import __version__
+from token_optimizer import __version__, settings
 from token_optimizer.fsutil import default_home
 
 PLUGIN_ID = "token-optimizer-openclaw"
@@ -373,16 +373,22 @@ def run_doctor(args: argparse.Namespace) -> list[Check]:
     checks.extend(check_config(config, cfg_path))
     entry_cfg = (((config or {}).get("plugins") or {}).get("entries") or {}).get(PLUGIN_ID) or {}
     configured = (entry_cfg.get("config") or {}).get("pythonPath") if isinstance(entry_cfg, dict) else None
-    python = args.python or configured or os.environ.get("TOKEN_OPTIMIZER_PYTHON") or "python3"
+    env_python = settings.env_raw(settings.PYTHON)
+    python = args.python or configured or (env_python.strip() if env_python else None) or "python3"
     resolved = shutil.which(python) if os.path.sep not in python else (python if os.access(python, os.X_OK) else None)
     if not resolved:
         checks.append(Check("python", "fail", f"{python} not found or not executable (set config.pythonPath)"))
     else:
         src = "--python" if args.python else "config.pythonPath" if configured else \
-            "TOKEN_OPTIMIZER_PYTHON" if os.environ.get("TOKEN_OPTIMIZER_PYTHON") else "default"
+            settings.PYTHON.env if env_python else "default"
         checks.append(Check("python", "ok", f"{resolved} (from {src})"))
         checks.append(ping_worker(resolved, shim_version=_files_version(plugin_dir)))
     checks.append(check_node())
+    from token_optimizer.commands.doctor import ATTENTION, probe_writable
+    from token_optimizer.fsutil import resolve_paths
+
+    status, detail = probe_writable(resolve_paths().root)  # a read-only root fails every hook
+    checks.append(Check("state root", "fail" if status == ATTENTION else "ok", detail))
     return checks
 
 
