@@ -828,7 +828,7 @@ class TokenOptimizer:
                 rows = list_checkpoints(self.policy, session_id)
                 last = next((r for r in reversed(rows) if r.fill_pct is not None), None)
                 if last is not None:
-                    out["fillPct"] = round(last.fill_pct, 1) if last.fill_pct is not None else None
+                    out["fillPct"] = round(float(last.fill_pct), 1) if last.fill_pct is not None else None
                     out["qualityScore"] = last.quality_score
                     out["figuresFrom"] = "checkpoint"
                     out["figuresAt"] = last.created_at
