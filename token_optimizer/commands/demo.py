@@ -2,10 +2,13 @@
 
 The sample (``data/demo_session.json``) is a realistic coding session sent as
 OpenClaw-shaped hook payloads: user turns with growing token usage, file
-reads (one redundant), a batch of edits, a helper-agent spawn, a compaction
+reads (one redundant), a batch of edits, a formatter run that changes a file
+already read (its re-read gets a diff), a helper-agent spawn, a compaction
 whose restore the host refuses to queue (as the real gateway's discovery-mode
 API does), and a second session that starts by asking to continue the work.
-Everything is written under a temporary state root (or ``--home``).
+Everything is written under a temporary state root (or ``--home``). The report
+ends with a summary of what was captured, restored, flagged and saved (measured
+vs estimated, as ``token-optimizer savings`` counts them).
 """
 
 from __future__ import annotations
