@@ -17,6 +17,9 @@
 //     enqueueNextTurnInjection: run-time hooks arrive through a discovery-mode api whose enqueue
 //     is a silent no-op ({enqueued:false}). The outcome is reported back to the worker, which
 //     falls back to prependContext on the next turn when the enqueue was refused.
+//   * the chat command /token-optimizer is registered through api.registerCommand when the host
+//     has it; the worker builds the report (the one Hermes gives). The handler always resolves to
+//     a reply text, even when the worker is missing or slow.
 import { spawn } from "node:child_process";
 
 export const PLUGIN_ID = "token-optimizer-openclaw";
@@ -44,6 +47,12 @@ export const HOOKS = Object.freeze([
 /** Hooks whose return value the host uses: the shim waits (bounded) for the worker's answer. */
 export const AWAITED_HOOKS = Object.freeze(["agent_turn_prepare", "before_tool_call"]);
 const AWAITED = new Set(AWAITED_HOOKS);
+/** The chat command (OpenClaw's OpenClawPluginCommandDefinition, minus the handler). */
+export const COMMAND = Object.freeze({
+  name: "token-optimizer",
+  description: "Token Optimizer status of this chat: context fill, quality, checkpoints (/token-optimizer help).",
+  acceptsArgs: true,
+});
 /** ctx members that are functions, live objects or large host config: never sent. */
 const STRIP_CTX = new Set(["abortSignal", "getCron", "hookInvocation", "toolAuthority", "config", "logger", "runtime"]);
 const MESSAGE_ARRAYS = ["messages", "historyMessages"];
@@ -418,6 +427,22 @@ class Bridge {
     });
   }
 
+  /** `/token-optimizer [args]` typed in a chat: `{text}` from the worker, or a short note. Never throws. */
+  async command(ctx) {
+    try {
+      const c = ctx && typeof ctx === "object" ? ctx : {};
+      const msg = { type: "command", args: typeof c.args === "string" ? c.args : "" };
+      if (typeof c.sessionKey === "string" && c.sessionKey) msg.sessionKey = c.sessionKey;
+      if (typeof c.sessionId === "string" && c.sessionId) msg.sessionId = c.sessionId;
+      const r = await this.control(msg);
+      const text = r && r.result && typeof r.result.text === "string" ? r.result.text : "";
+      if (text) return { text };
+    } catch (e) {
+      this.log("warn", `/token-optimizer failed: ${e && e.message}`);
+    }
+    return { text: "[Token Optimizer] status unavailable: the Python worker did not answer (see the gateway log)." };
+  }
+
   /** Observe hook: fire and forget. */
   notify(hook, event, ctx) {
     if (!this.ensure()) return;
@@ -553,6 +578,13 @@ export function register(api) {
   for (const hook of HOOKS) {
     api.on(hook, (event, ctx) =>
       isRepeat(hook, event, ctx) ? undefined : getBridge().dispatch(hook, event, ctx, api));
+  }
+  if (typeof api.registerCommand === "function") {
+    try {
+      api.registerCommand({ ...COMMAND, handler: (ctx) => getBridge().command(ctx) });
+    } catch (e) {
+      bridge.log("warn", `/token-optimizer not registered: ${e && e.message}`);
+    }
   }
 }
 

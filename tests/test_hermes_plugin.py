@@ -158,6 +158,10 @@ class Recorder:
         self._rec("status", session_id)
         return {"sessionId": session_id}
 
+    def persisted_session(self, session_key: str | None) -> str | None:
+        self._rec("persisted_session", session_key)
+        return None
+
     def tracked_counts(self) -> dict[str, int]:
         return {}
 

@@ -66,6 +66,11 @@ def test_registration_is_static_and_spawns_nothing() -> None:
     assert out["pluginId"] == "token-optimizer-openclaw"
     assert {s["id"] for s in out["services"]} == {"token-optimizer"}
     assert all(s["hasStop"] for s in out["services"])
+    # the chat command is registered in every registration, without starting the worker
+    assert [(c["mode"], c["name"]) for c in out["commands"]] == [
+        ("full", "token-optimizer"), ("discovery", "token-optimizer")]
+    assert all(c["acceptsArgs"] is True and c["handler"] == "function" and c["description"].strip()
+               for c in out["commands"])
 
 
 def test_flow_with_real_worker_enqueues_through_full_api(home: Path) -> None:
@@ -153,6 +158,25 @@ def test_missing_python_fails_open() -> None:
     assert out["turnResult"] is None
     assert out["elapsedMs"] < 1000
     assert any("cannot start the Python worker" in m for _lvl, _mode, m in out["logs"])
+    # the chat command still answers, at once, with a reply text
+    assert out["commandResult"]["text"].startswith("[Token Optimizer] status unavailable")
+    assert out["commandMs"] < 1000
+
+
+def test_chat_command_answers_with_the_shared_report(home: Path) -> None:
+    """``/token-optimizer`` on OpenClaw: the worker's ``command`` message, the Hermes report."""
+    out = drive("command", {"pythonPath": sys.executable, "timeoutMs": 3000})
+    assert out["spawnedByRegister"] == 0
+    assert out["beforeAnyHook"] == {"text": "[Token Optimizer] No session seen yet in this chat."}
+    text = out["inChat"]["text"]
+    assert text.startswith("[Token Optimizer] session drv-1\n  chat: agent:main:explicit:drv-1\n")
+    assert "context fill: 25.0% of 200,000 tokens" in text
+    assert "quality: " in text and "checkpoints: " in text
+    assert text == out["discHandler"]["text"]
+    # no session id in the command ctx: the session index routes the chat's key
+    assert out["keyOnly"]["text"] == text
+    assert "/token-optimizer <id>" in out["help"]["text"]
+    assert out["status"]["result"]["errors"] == 0
 
 
 def test_cli_process_exits_by_itself_and_takes_the_worker_along() -> None:

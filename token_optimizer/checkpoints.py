@@ -909,3 +909,56 @@ class CheckpointFiles:
     def idle_files(self, cutoff: float) -> list[tuple[str, list[str]]]:
         """None: checkpoint files are bounded by the store's own 7-day cleanup."""
         return []
+
+
+# ---------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint of a session as its manifest row describes it."""
+
+    path: Path
+    trigger: str
+    created_at: str
+    created_at_ms: float
+    fill_pct: float | None
+    quality_score: float | None
+    message_count: int | None
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    def to_dict(self, session: str) -> dict[str, Any]:
+        return {"session": session, "file": self.path.name, "path": str(self.path),
+                "trigger": self.trigger, "createdAt": self.created_at, "fillPct": self.fill_pct,
+                "qualityScore": self.quality_score, "messageCount": self.message_count}
+
+
+def list_checkpoints(policy: CheckpointPolicy, session_id: str) -> list[CheckpointInfo]:
+    """The session's checkpoints whose file exists, oldest first, with the fill and
+    quality recorded when each was taken. Never raises (``[]``)."""
+    try:
+        files = policy.checkpoint_files(session_id)
+        if not files:
+            return []
+        with policy.session_dir_checked(session_id) as d:
+            rows = d.read_jsonl(MANIFEST_NAME, _MANIFEST_READ_BYTES)
+        by_name: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            f = row.get("file")
+            if isinstance(f, str):
+                by_name[os.path.basename(f)] = row
+        out: list[CheckpointInfo] = []
+        for cf in files:
+            row = by_name.get(cf.path.name, {})
+            mc = row.get("messageCount")
+            out.append(CheckpointInfo(
+                cf.path, cf.trigger, str(row.get("createdAt") or ""), cf.created_at_ms,
+                _num(row.get("fillPct")), _num(row.get("qualityScore")),
+                mc if isinstance(mc, int) and not isinstance(mc, bool) else None))
+        return out
+    except Exception as exc:
+        log.debug("[token-optimizer] checkpoint listing failed: %s", exc)
+        return []

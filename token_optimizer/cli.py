@@ -20,6 +20,7 @@ CLI_MODULES = (
     "token_optimizer.commands.sessions",
     "token_optimizer.commands.checkpoints",
     "token_optimizer.commands.config",
+    "token_optimizer.commands.state",
     "token_optimizer.commands.v5",
     "token_optimizer.commands.openclaw",
     "token_optimizer.commands.audit",

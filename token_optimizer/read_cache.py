@@ -57,7 +57,7 @@ from token_optimizer.fsutil import (
     trim_jsonl_tail,
 )
 from token_optimizer.jsutil import dumps_compact, js_number, js_trim, loads, now_ms
-from token_optimizer.telemetry import Telemetry, js_truthy
+from token_optimizer.telemetry import ESTIMATED, MEASURED, Telemetry, js_truthy
 from token_optimizer.token_estimate import estimate_tokens_from_bytes
 
 log = logging.getLogger("token_optimizer.read_cache")
@@ -467,7 +467,7 @@ class ReadCache:
             try:
                 if self.claim_hint_follow(session_id, fp):
                     tel.log_savings_event("hint_followed", HINT_FOLLOW_TOKEN_CREDIT, session_id,
-                                          f"hint->read: {base}")
+                                          f"hint->read: {base}", basis=ESTIMATED)
             except Exception as exc:
                 log.debug("[token-optimizer] hint credit skipped: %s", exc)
             if full_read and tel.is_v5_enabled("delta_read"):
@@ -508,8 +508,11 @@ class ReadCache:
                             original_text=new, compressed_text=d.body, verified=False,
                             command_pattern=f"Read:{base}", quality_preserved=not d.fallback)
                         self._log_decision("block", fp, f"delta_read_{d.summary}", session_id)
-                        return (f"{PREFIX}Delta view \u2014 {base} changed {d.summary}\n\n{d.body}\n\n"
-                                "(Ask again with a different offset/limit to get the whole file.)")
+                        msg = (f"{PREFIX}Delta view \u2014 {base} changed {d.summary}\n\n{d.body}\n\n"
+                               "(Ask again with a different offset/limit to get the whole file.)")
+                        self._log_read_saving("delta_read", session_id, new, msg,
+                                              f"delta {d.summary}: {base}")
+                        return msg
                     self._delta_drop(key)
                 except Exception as exc:
                     log.debug("[token-optimizer] delta read skipped: %s", exc)
@@ -547,19 +550,39 @@ class ReadCache:
 
         if fresh_content is not None and digest_text and digest_text != DIGEST_FAILURE \
                 and tel.is_v5_enabled("structure_map_beta"):
+            served = mode == "block"
+            # In warn mode the full read goes through and the digest is never served:
+            # the row says so and counts nothing saved (COMPAT.md).
             tel.log_compression_event(
-                "structure_map", session_id, detail=f"redundant_read {js_number(count)}",
-                original_text=fresh_content, compressed_text=digest_text, verified=False,
-                command_pattern=f"Read:{base}", quality_preserved=True)
+                "structure_map", session_id,
+                detail=f"redundant_read {js_number(count)}" + ("" if served else " not served (warn)"),
+                original_text=fresh_content, compressed_text=digest_text if served else fresh_content,
+                verified=False, command_pattern=f"Read:{base}", quality_preserved=True)
 
         reason = f"redundant_read_{js_number(count)}"
         if mode == "block":
             self._log_decision("block", fp, reason, session_id)
-            return (f"{PREFIX}{base} is already in context and has not changed (read #{js_number(count)}).\n"
-                    f"Structure of {base}:\n{digest_text}\n\n"
-                    "Change the file first, or pass a different offset/limit, to read it again.")
+            msg = (f"{PREFIX}{base} is already in context and has not changed (read #{js_number(count)}).\n"
+                   f"Structure of {base}:\n{digest_text}\n\n"
+                   "Change the file first, or pass a different offset/limit, to read it again.")
+            self._log_read_saving("redundant_read", session_id, st.st_size, msg,
+                                  f"read #{js_number(count)} blocked: {base}")
+            return msg
         self._log_decision("warn", fp, reason, session_id)
         return None
+
+    def _log_read_saving(self, event_type: str, session_id: str, content: str | int,
+                         sent: str, detail: str) -> None:
+        """A read answered with ``sent`` instead of ``content`` (text, or a size in bytes):
+        the difference was really not sent (measured). Never raises."""
+        try:
+            size = content if isinstance(content, int) else len(content.encode("utf-8"))
+            saved = estimate_tokens_from_bytes(size) - estimate_tokens_from_bytes(len(sent.encode("utf-8")))
+            if saved > 0:
+                self.telemetry.log_savings_event(event_type, saved, session_id or None, detail,
+                                                 basis=MEASURED)
+        except Exception as exc:
+            log.debug("[token-optimizer] read saving not recorded: %s", exc)
 
     def after_write(self, file_path: str | None, agent_id: str, session_id: str) -> None:
         """A write tool touched ``file_path``: forget it. Never raises."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from token_optimizer import bounded
 from token_optimizer.bounded import BoundedMap, BoundedSet
-from token_optimizer.checkpoints import CheckpointStore
+from token_optimizer.checkpoints import CheckpointStore, list_checkpoints
 from token_optimizer.config import Config
 from token_optimizer.continuity import (
     RECOVERED_MARKER,
@@ -68,8 +68,7 @@ from token_optimizer.policy import (
 from token_optimizer.quality import build_fresh_session_nudge, fresh_session_savings_estimate
 from token_optimizer.read_cache import ReadCache
 from token_optimizer.session_index import SessionIndex
-from token_optimizer.telemetry import Telemetry
-from token_optimizer.token_estimate import estimate_tokens_from_bytes
+from token_optimizer.telemetry import ESTIMATED, Telemetry
 from token_optimizer.tools import file_args, tool_concept
 
 log = logging.getLogger("token_optimizer")
@@ -151,7 +150,7 @@ class TokenOptimizer:
         self.telemetry = Telemetry(self.paths)
         self.read_cache = ReadCache(self.paths, cwd=self._cwd, telemetry=self.telemetry,
                                     sources=sources)
-        self.continuity = Continuity(self.paths, log_savings=self.telemetry.log_savings_event,
+        self.continuity = Continuity(self.paths, log_savings=self._log_estimated_saving,
                                      settings=ContinuitySettings.resolve(sources))
         self.heartbeat = Heartbeat(self.paths, host if host is not None else self.config.host)
         self.index = SessionIndex(self.paths, active_work=active_work,
@@ -185,6 +184,11 @@ class TokenOptimizer:
         self._next_sweep_check = 0.0
 
     # ------------------------------------------------------------ plumbing
+
+    def _log_estimated_saving(self, event_type: str, tokens: int, session_id: str | None,
+                              detail: str | None = None) -> None:
+        """Continuity's savings (a lean resume instead of a cold one): a counterfactual."""
+        self.telemetry.log_savings_event(event_type, tokens, session_id, detail, basis=ESTIMATED)
 
     def _cwd(self) -> str:
         ws: str | None = getattr(self._tls, "workspace", None)
@@ -583,8 +587,9 @@ class TokenOptimizer:
         saved, _window = fresh_session_savings_estimate(ctx.fill_pct, ctx.model, ctx.context_window)
         score = js_number(ctx.quality_score)
         fill = to_fixed(ctx.fill_pct, 1)
+        # A nudge sends nothing less: what a fresh session would free is an estimate.
         self.telemetry.log_savings_event("fresh_session_nudge", saved, sid,
-                                         f"score={score} fill_pct={fill}")
+                                         f"score={score} fill_pct={fill}", basis=ESTIMATED)
         self.telemetry.log_compression_event(
             "fresh_session_nudge", sid, f"score={score} fill_pct={fill} est_saved={saved}",
             verified=False)
@@ -697,17 +702,9 @@ class TokenOptimizer:
         own = self.compaction_checkpoints.pop(sid)
         if rotated and prev:
             own = self.compaction_checkpoints.pop(prev) or own
-        text: str | None = None
-        if rotated and prev:
-            # The host rotated the id at compaction: the checkpoint is under the old one.
-            text = self.store.restore(prev, prefer=own) if own else None
-        if text is None:
-            text = self.store.restore(sid, prefer=own)
-        if text is None and rotated and prev:
-            text = self.store.restore(prev)
+        text = restore_injection(self.store, sid, prefer=own, previous_session_id=prev)
         if text is None:
             return
-        text = f"{RESTORE_HEADER}\n\n{text}"
         prev_id = prev if prev is not None else sid
         count = ev.compacted_count if ev.compacted_count is not None else 0
         mc = ev.message_count
@@ -717,14 +714,16 @@ class TokenOptimizer:
             seq = self.compaction_counter.update_with(key, lambda old: (old or 0) + 1)
             disc = f"seq:{seq}"
         idem = f"checkpoint-restore:{key}:{prev_id}:{js_number(count)}:{disc}"
-        floor = estimate_tokens_from_bytes(len(text.encode("utf-8")))
         active = self.compaction_read_tokens.pop(sid) or 0
         if prev and prev != sid:
             active = max(active, self.compaction_read_tokens.pop(prev) or 0)
         with contextlib.suppress(Exception):
             active = max(active, self.read_cache.active_read_tokens(
                 ev.ident.agent_id or "default", sid))
-        credit = min(RESTORE_CREDIT_CAP, max(floor, active))
+        # The reference credits min(200000, max(<the restore's own size>, active)). The
+        # restore's size is a cost, not a saving; what the checkpoint may spare is the
+        # re-reading of the files the session kept re-reading: an estimate.
+        credit = min(RESTORE_CREDIT_CAP, active)
         existing = self.pending_restores.get(key)
         if existing is not None and existing.idempotency_key == idem:
             self._log("info", f"checkpoint restore already pending: {sid}")
@@ -800,12 +799,13 @@ class TokenOptimizer:
             log.debug("host_queued failed", exc_info=True)
 
     def _credit_restore(self, pending: PendingRestore) -> None:
-        if pending.credit > 0:
-            try:
-                self.telemetry.log_savings_event("checkpoint_restore", pending.credit,
-                                                 pending.session_id, "queued after compact")
-            except Exception:
-                log.debug("restore credit failed", exc_info=True)
+        """One ``checkpoint_restore`` row per delivered restore (estimated; may be 0)."""
+        try:
+            self.telemetry.log_savings_event("checkpoint_restore", pending.credit,
+                                             pending.session_id, "queued after compact",
+                                             basis=ESTIMATED)
+        except Exception:
+            log.debug("restore credit failed", exc_info=True)
 
     def session_end(self, ev: SessionEnd) -> HookOutcome:
         return self._run("session_end", lambda: self._session_end(ev))
@@ -893,8 +893,19 @@ class TokenOptimizer:
             out["qualityScore"] = None if snap is None else snap.quality_score
             out["contextWindow"] = None if snap is None else snap.context_window
             out["model"] = None if snap is None else snap.model
+            out["figuresFrom"] = None if snap is None else "live"
             files = self.policy.checkpoint_files(session_id)
             out["checkpoints"] = [{"trigger": f.trigger, "path": str(f.path)} for f in files]
+            if snap is None:
+                # Nothing measured in this process (a resumed chat before its first
+                # message, a restarted gateway): the newest checkpoint's figures.
+                rows = list_checkpoints(self.policy, session_id)
+                last = next((r for r in reversed(rows) if r.fill_pct is not None), None)
+                if last is not None:
+                    out["fillPct"] = round(float(last.fill_pct), 1) if last.fill_pct is not None else None
+                    out["qualityScore"] = last.quality_score
+                    out["figuresFrom"] = "checkpoint"
+                    out["figuresAt"] = last.created_at
             st = self.policy.peek_state(session_id)
             out["capturedFillBands"] = sorted(st.captured_fill_bands)
             out["capturedQualityThresholds"] = sorted(st.captured_quality_thresholds)
@@ -906,12 +917,54 @@ class TokenOptimizer:
             out["error"] = str(exc)
         return out
 
+    def persisted_session(self, session_key: str | None) -> str | None:
+        """The session id the session index routes ``session_key`` to; without a key,
+        the most recently active session on record. ``None`` when there is none. Never raises."""
+        try:
+            if session_key:
+                entry = self.index.get(session_key)
+                sid = entry.get("session_id") if entry else None
+                return sid if isinstance(sid, str) and sid else None
+            best: tuple[str, str] | None = None
+            for entry in self.index.entries().values():
+                sid, upd = entry.get("session_id"), entry.get("updated_at")
+                if (isinstance(sid, str) and sid and isinstance(upd, str)
+                        and (best is None or upd >= best[0])):
+                    best = (upd, sid)
+            return best[1] if best else None
+        except Exception:
+            log.debug("persisted session lookup failed", exc_info=True)
+            return None
+
     # ------------------------------------------------------------ TS-shaped API
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.wait_for_sweep(5.0)
             self.index.close()
+
+
+def restore_injection(store: CheckpointStore, session_id: str, *, prefer: str | None = None,
+                      previous_session_id: str | None = None) -> str | None:
+    """The text a post-compaction restore injects for ``session_id`` now, or ``None``.
+
+    ``prefer`` is the checkpoint captured for the compaction being restored (else
+    the newest checkpoint wins). When the host rotated the id at compaction
+    (``previous_session_id`` differs), the checkpoint is under the old id. The
+    ``after_compaction`` hook and ``token-optimizer restore`` both call this.
+    """
+    prev = previous_session_id
+    rotated = bool(prev and prev != session_id)
+    text: str | None = None
+    if rotated and prev and prefer:
+        text = store.restore(prev, prefer=prefer)
+    if text is None:
+        text = store.restore(session_id, prefer=prefer)
+    if text is None and rotated and prev:
+        text = store.restore(prev)
+    if text is None:
+        return None
+    return f"{RESTORE_HEADER}\n\n{text}"
 
 
 def _find_legacy_transcript(openclaw_dir: Path, agent_id: str | None, session_id: str) -> Path | None:

@@ -84,8 +84,9 @@ README_TEXT = (
     "sessions: lanes that never received a real message are never written here, and entries "
     "idle longer than session_store_max_age_days (default 90, 0 disables) are pruned together "
     "with their per-session token-optimizer state (checkpoints/, read-cache/). Full conversation "
-    "history stays with the host: OpenClaw keeps transcripts in "
-    "~/.openclaw/agents/<agent>/sessions/<session-id>.jsonl, Hermes keeps them in "
+    "history stays with the host: OpenClaw (2026.9.6) keeps transcripts in SQLite, "
+    "~/.openclaw/agents/<agent>/agent/openclaw-agent.sqlite (older releases: "
+    "agents/<agent>/sessions/<session-id>.jsonl), Hermes keeps them in "
     "$HERMES_HOME/state.db. Keys starting with '_' are never entries. "
     "Inspect with 'token-optimizer sessions'; prune with 'token-optimizer prune'."
 )

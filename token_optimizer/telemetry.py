@@ -58,6 +58,12 @@ COMPRESSION_MAX_BYTES = 16 << 20
 WELCOME_VERSION = "2.3.0"
 """Version tag of the CLI's first-run welcome marker (``welcome_<version>``)."""
 
+MEASURED = "measured"
+"""Basis of a savings row whose tokens were really not sent (a blocked or delta read)."""
+ESTIMATED = "estimated"
+"""Basis of a savings row whose figure is a counterfactual (a nudge, a restore, a hint)."""
+BASES = (MEASURED, ESTIMATED)
+
 
 # ---------------------------------------------------------------- v5 catalogue
 
@@ -159,6 +165,44 @@ def _key_str(v: object) -> str:
     return dumps_compact(v)
 
 
+def savings_basis(row: dict[str, Any]) -> tuple[str, float]:
+    """``(basis, tokens)`` of one savings row.
+
+    A row with our ``basis`` key says which it is. A row without one (written by
+    the reference or by an earlier version) is counted as estimated: every figure
+    those wrote (nudges, restores, hints, lean resumes) was a counterfactual.
+    """
+    basis = row.get("basis")
+    if basis == ESTIMATED:
+        return ESTIMATED, _num_or_zero(row.get("estimated_tokens"))
+    if basis == MEASURED:
+        return MEASURED, _num_or_zero(row.get("tokens_saved"))
+    return ESTIMATED, _num_or_zero(row.get("tokens_saved"))
+
+
+def savings_by_session(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per session (first-seen order): measured and estimated tokens, and per event type."""
+    sessions: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        sid = row.get("session_id")
+        key = sid if isinstance(sid, str) and sid else "(none)"
+        basis, tokens = savings_basis(row)
+        s = sessions.get(key)
+        if s is None:
+            s = {"sessionId": key, "measuredTokens": 0, "estimatedTokens": 0, "events": 0,
+                 "first": row.get("timestamp"), "last": row.get("timestamp"), "byType": {}}
+            sessions[key] = s
+        s["events"] += 1
+        s["last"] = row.get("timestamp")
+        s[f"{basis}Tokens"] += tokens
+        t = s["byType"].setdefault(str(row["event_type"]), {"count": 0, "basis": basis, "tokens": 0})
+        t["count"] += 1
+        t["tokens"] += tokens
+        if t["basis"] != basis:
+            t["basis"] = "mixed"
+    return list(sessions.values())
+
+
 # ---------------------------------------------------------------- the stores
 
 
@@ -198,23 +242,56 @@ class Telemetry:
     # ------------------------------------------------------------ savings
 
     def log_savings_event(self, event_type: str, tokens_saved: float, session_id: str | None,
-                          detail: str | None = None) -> None:
-        """Append one row to ``savings-events.jsonl``; never raises."""
+                          detail: str | None = None, *, basis: str | None = None) -> None:
+        """Append one row to ``savings-events.jsonl``; never raises.
+
+        The row keeps the reference's five keys in order. ``basis`` adds a trailing
+        ``basis`` key (the reference's readers pick the keys they know and ignore
+        the rest): ``measured`` rows carry in ``tokens_saved`` tokens that were
+        really not sent; ``estimated`` rows carry ``tokens_saved: 0`` and the
+        estimate in a trailing ``estimated_tokens``, so a reader that sums
+        ``tokens_saved`` (the reference's dashboard shows it as a measured floor)
+        never counts an estimate. Without ``basis`` the row is the reference's own.
+        """
         try:
             try:
                 saved: int | None = js_round(float(tokens_saved))
             except (TypeError, ValueError):
                 saved = None  # NaN/Infinity serialise as null in JS
-            row = {
+            row: dict[str, Any] = {
                 "timestamp": iso_now(),
                 "event_type": event_type,
-                "tokens_saved": saved,
+                "tokens_saved": 0 if basis == ESTIMATED else saved,
                 "session_id": session_id if session_id else None,
                 "detail": _cut_detail(detail),
             }
+            if basis in BASES:
+                row["basis"] = basis
+                if basis == ESTIMATED:
+                    row["estimated_tokens"] = saved
             self._append(self.paths.savings_log.name, row)
         except Exception as exc:  # best effort by contract
             log.debug("[token-optimizer] savings event not recorded: %s", exc)
+
+    def read_savings_events(self, days: float | None = None) -> list[dict[str, Any]]:
+        """Savings rows (objects with an ``event_type``), those of the last ``days`` days
+        when given. Missing or unreadable log: ``[]``. Never raises."""
+        try:
+            with self._root() as d:
+                rows = d.read_jsonl(self.paths.savings_log.name)
+        except (OSError, ValueError):
+            return []
+        cutoff = now_ms() - days * DAY_MS if days is not None else None
+        out: list[dict[str, Any]] = []
+        for row in rows:
+            if not isinstance(row.get("event_type"), str) or not row["event_type"]:
+                continue
+            if cutoff is not None:
+                ts = parse_iso_ms(row.get("timestamp"))
+                if math.isnan(ts) or ts < cutoff:
+                    continue
+            out.append(row)
+        return out
 
     # ------------------------------------------------------------ compression
 

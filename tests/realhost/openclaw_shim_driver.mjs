@@ -13,6 +13,7 @@ const entryUrl = pathToFileURL(entryPath).href;
 const logs = [];
 const enqueues = [];
 const services = [];
+const commands = [];
 
 function makeApi(mode) {
   const handlers = new Map();
@@ -31,6 +32,8 @@ function makeApi(mode) {
       handlers.get(name).push(handler);
     },
     registerService(s) { services.push({ mode, id: s.id, hasStop: typeof s.stop === "function" }); },
+    // like the host's registry: name, description, acceptsArgs and an async handler(ctx) -> {text}
+    registerCommand(c) { commands.push({ mode, ...c }); },
     session: {
       workflow: {
         // like the real host: only the full registration's api really queues
@@ -98,7 +101,32 @@ async function registration() {
   result.sameBridge = bridge === disc.mod.getBridge();
   result.spawnedByRegister = bridge.spawnCount;
   result.services = services;
+  result.commands = commands.map((c) => ({ mode: c.mode, name: c.name, description: c.description, acceptsArgs: c.acceptsArgs, handler: typeof c.handler }));
   result.pluginId = full.plugin.id;
+}
+
+// The /token-optimizer chat command, as the host calls it (PluginCommandContext subset).
+function commandCtx(args, extra = {}) {
+  return { channel: "webchat", isAuthorizedSender: true, commandBody: "/token-optimizer " + args, args, config: {}, ...extra };
+}
+
+async function command() {
+  const full = await loadInstance("full");
+  const disc = await loadInstance("discovery");
+  const bridge = full.mod.getBridge();
+  const handler = commands.find((c) => c.mode === "full").handler;
+  result.spawnedByRegister = bridge.spawnCount;
+  result.beforeAnyHook = await handler(commandCtx("", { sessionKey: "agent:main:explicit:never-seen" }));
+  await fire(full.api, "session_start", { sessionId: SID, sessionKey: SK }, ctxBase);
+  await fire(disc.api, "agent_turn_prepare", { prompt: "hello there", messages: [], queuedInjections: [] }, hostCtx);
+  await fire(disc.api, "llm_output", { runId: "run-1", sessionId: SID, provider: "anthropic", model: "claude-sonnet-4", contextTokenBudget: 200000, assistantTexts: ["hi"], usage: { input: 50000, output: 100, cacheRead: 0, cacheWrite: 0, total: 50100 } }, ctxBase);
+  await fire(disc.api, "agent_end", { messages: [{ role: "user", content: "hello there" }, { role: "assistant", content: "hi" }], success: true }, ctxBase);
+  result.status = await bridge.control({ type: "status", sessionId: SID });
+  result.inChat = await handler(commandCtx("", { sessionKey: SK, sessionId: SID }));
+  result.keyOnly = await handler(commandCtx("", { sessionKey: SK }));
+  result.help = await handler(commandCtx("help", { sessionKey: SK, sessionId: SID }));
+  result.discHandler = await commands.find((c) => c.mode === "discovery").handler(commandCtx("", { sessionKey: SK, sessionId: SID }));
+  await fire(full.api, "gateway_stop", { reason: "gateway stopping" }, { port: 1 });
 }
 
 async function flow() {
@@ -204,6 +232,9 @@ async function nopython() {
   await fire(full.api, "after_tool_call", { toolName: "exec", params: {} }, hostCtx);
   result.elapsedMs = performance.now() - t0;
   result.alive = bridge.alive();
+  const c0 = performance.now();
+  result.commandResult = await commands.find((c) => c.mode === "full").handler(commandCtx("", { sessionKey: SK }));
+  result.commandMs = performance.now() - c0;
 }
 
 async function idle() {
@@ -214,7 +245,7 @@ async function idle() {
   result.workerPid = bridge.child && bridge.child.pid;
 }
 
-const scenarios = { registration, flow, crash, nopython, idle };
+const scenarios = { registration, flow, crash, nopython, idle, command };
 const t0 = Date.now();
 try {
   await scenarios[scenario]();

@@ -83,6 +83,7 @@ from token_optimizer.hosts import hermes_home
 from token_optimizer.hosts.core_api import Core
 from token_optimizer.hosts.hermes_support import BackgroundWorker, ContextWindows, StateDb
 from token_optimizer.models import Message
+from token_optimizer.status_report import render_status
 from token_optimizer.tools import describe_call
 
 log = logging.getLogger("token_optimizer.hosts.hermes")
@@ -797,40 +798,11 @@ class HermesPlugin:
         return _Target(None, None)
 
     def render_status(self, arg: str, target: _Target) -> str:
-        if arg == "help":
-            return ("/token-optimizer            status of this chat: context fill, quality, "
-                    "checkpoints, evictions\n"
-                    "/token-optimizer <id>       status of one session id")
+        """The shared report (:func:`token_optimizer.status_report.render_status`)."""
         sid = target.session_id
         if sid is None and target.session_key is not None:
             sid = self.current_id.get(target.session_key)
-        if sid is None:
-            return "[Token Optimizer] No session seen yet in this chat."
-        st: Mapping[str, Any] = self.runtime.status(sid)
-        lines = [f"[Token Optimizer] session {sid}"]
-        if target.session_key and target.session_key != sid:
-            lines.append(f"  chat: {target.session_key}")
-        fill = st.get("fillPct")
-        window = st.get("contextWindow")
-        if fill is None:
-            lines.append("  context fill: no model call measured yet")
-        else:
-            w = f" of {window:,} tokens" if isinstance(window, int) else ""
-            lines.append(f"  context fill: {fill}%{w}")
-        q = st.get("qualityScore")
-        lines.append(f"  quality: {q}/100" if q is not None else "  quality: unknown")
-        cps = st.get("checkpoints") or []
-        if cps:
-            triggers = ", ".join(str(c.get("trigger")) for c in cps if isinstance(c, Mapping))
-            lines.append(f"  checkpoints: {len(cps)} ({triggers})")
-        else:
-            lines.append("  checkpoints: none")
-        ev = st.get("evictions")
-        total = sum(v for v in ev.values() if isinstance(v, int)) if isinstance(ev, Mapping) else 0
-        lines.append(f"  evictions (all sessions): {total}")
-        if st.get("error"):
-            lines.append(f"  note: {st['error']}")
-        return "\n".join(lines)
+        return render_status(self.runtime, arg, sid, target.session_key)
 
     # ------------------------------------------------------------ introspection
 

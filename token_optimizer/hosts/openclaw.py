@@ -20,6 +20,10 @@ JS -> worker
                                        outcome of an enqueue action (no answer)
   ``{"id":8,"type":"ping"}``           -> ``{"id":8,"result":{"pong":true,...}}``
   ``{"id":9,"type":"status","sessionId":S?}``  -> runtime status + tracked counts
+  ``{"id":10,"type":"command","args":A,"sessionKey":K?,"sessionId":S?}``
+                                       ``/token-optimizer A`` typed in a chat ->
+                                       ``{"id":10,"result":{"text":...}}`` (a text
+                                       even when the report fails)
 
 A line that cannot be understood is answered with ``{"id":<id or null>,
 "error":"..."}`` and the worker keeps reading. The worker exits on EOF (the
@@ -178,6 +182,8 @@ class Worker:
                                 "python": sys.version.split()[0], "version": __version__})
         elif kind == "status":
             self.on_status(req_id, msg)
+        elif kind == "command":
+            self.on_command(req_id, msg)
         else:
             self.error(req_id, f"unknown message type: {kind!r}")
 
@@ -300,6 +306,24 @@ class Worker:
             self.reply(req_id, self.status(sid if isinstance(sid, str) else None))
         except Exception as exc:
             self.error(req_id, f"status failed: {type(exc).__name__}")
+
+    def on_command(self, req_id: Any, msg: dict[str, Any]) -> None:
+        """The chat command: always answered with a text, never an error line."""
+        def opt(name: str) -> str | None:
+            v = msg.get(name)
+            return v if isinstance(v, str) and v else None
+
+        args = msg.get("args")
+        try:
+            render = getattr(self.get_runtime(), "command", None)
+            if not callable(render):
+                raise RuntimeError("this runtime has no chat command")
+            text = str(render(args if isinstance(args, str) else "", opt("sessionId"),
+                              opt("sessionKey")))
+        except Exception as exc:
+            log.warning("[token-optimizer] /token-optimizer failed: %s", exc)
+            text = f"[Token Optimizer] status unavailable: {type(exc).__name__}"
+        self.reply(req_id, {"text": text})
 
     def trace(self, hook: str, event: Any, ctx: Any, result: Any, actions: list[dict[str, Any]]) -> None:
         """Debug aid (``TOKEN_OPTIMIZER_OPENCLAW_TRACE=<file>``): one JSON line per message."""

@@ -296,6 +296,12 @@ class OpenClawEvents:
     def tracked_counts(self) -> dict[str, int]:
         return self.core.tracked_counts()
 
+    def command(self, args: str, session_id: str | None, session_key: str | None) -> str:
+        """``/token-optimizer`` typed in an OpenClaw chat: the report Hermes gives too."""
+        from token_optimizer.status_report import render_status
+
+        return render_status(self.core, args, session_id, session_key)
+
     def collections(self) -> dict[str, Any]:
         colls = getattr(self.core, "collections", None)
         return dict(colls()) if callable(colls) else {}
