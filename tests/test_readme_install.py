@@ -84,7 +84,7 @@ def test_quickstart_demo_line_runs(tmp_path: Path) -> None:
     env = fresh_env(tmp_path / "home")
     (demo,) = [b for b in sh_blocks("## Quickstart") if "demo" in b]
     out = "".join(run(c, repo, env) for c in commands(demo))
-    assert "Summary" in out or "checkpoint" in out.lower(), out[-2000:]
+    assert "What the plugin did" in out and "checkpoint captured: compact" in out, out[-2000:]
 
 
 def test_wheel_line_builds_the_named_wheel_with_the_plugin(tmp_path: Path) -> None:
