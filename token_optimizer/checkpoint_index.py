@@ -48,11 +48,11 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from token_optimizer.fsutil import O_NOFOLLOW, StatePaths, is_within, real_dir
 from token_optimizer.jsutil import loads, parse_iso_ms
+from token_optimizer.sqlite_util import immediate_tx, is_busy
 
 log = logging.getLogger("token_optimizer")
 
@@ -150,11 +150,6 @@ def _encodable(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _is_busy(err: sqlite3.Error) -> bool:
-    msg = str(err).lower()
-    return isinstance(err, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
 
 
 class CheckpointIndex:
@@ -270,16 +265,6 @@ class CheckpointIndex:
         self._root_seen = None
         self._sweep_after = ""
 
-    @contextlib.contextmanager
-    def _tx(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -349,7 +334,7 @@ class CheckpointIndex:
     def _listing(self, conn: sqlite3.Connection, root: Path, names: list[str]) -> None:
         known = {r[0] for r in conn.execute("SELECT name FROM dirs")}
         current = set(names)
-        with self._tx(conn):
+        with immediate_tx(conn):
             for name in sorted(current - known):
                 self._ingest_dir(conn, root, name)
             for name in known - current:
@@ -399,7 +384,7 @@ class CheckpointIndex:
             if key != (size, mtime_ns, ino):
                 stale.append(name)
         if stale:
-            with self._tx(conn):
+            with immediate_tx(conn):
                 for name in stale:
                     self._ingest_dir(conn, root, name)
 
@@ -422,7 +407,7 @@ class CheckpointIndex:
         self._prune_after = -math.inf if len(old) < PRUNE_BATCH else float(old[-1][3])
         gone = [(d, o) for d, o, path, _ in old if not os.path.lexists(path)]
         if gone:
-            with self._tx(conn):
+            with immediate_tx(conn):
                 conn.executemany("DELETE FROM checkpoints WHERE dir=? AND off=?", gone)
 
     # ------------------------------------------------------------ public API
@@ -435,10 +420,10 @@ class CheckpointIndex:
                 return
             try:
                 conn = self._open()
-                with self._tx(conn):
+                with immediate_tx(conn):
                     self._ingest_dir(conn, root, session_dir_name)
             except sqlite3.Error as err:
-                if not _is_busy(err):
+                if not is_busy(err):
                     self._reset(err)
                 log.debug("[token-optimizer] checkpoint index update failed: %s", err)
             except Exception as err:
@@ -464,12 +449,12 @@ class CheckpointIndex:
                         self._catch_up(conn, root)
                         self._prune(conn, look_back_days, now)
                     except sqlite3.Error as err:
-                        if not _is_busy(err):
+                        if not is_busy(err):
                             raise
                         log.debug("[token-optimizer] checkpoint index busy: %s", err)
                     return self._query(conn, root, look_back_days, now, limit)
                 except sqlite3.Error as err:
-                    if attempt == 2 or _is_busy(err):
+                    if attempt == 2 or is_busy(err):
                         log.debug("[token-optimizer] checkpoint index query failed: %s", err)
                         return []
                     self._reset(err)

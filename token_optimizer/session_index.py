@@ -73,6 +73,7 @@ from token_optimizer.fsutil import (
     read_text_no_follow,
 )
 from token_optimizer.jsutil import iso_from_ms, parse_iso_ms
+from token_optimizer.sqlite_util import immediate_tx, is_busy
 
 log = logging.getLogger("token_optimizer")
 
@@ -444,10 +445,6 @@ def _encodable(*values: str | None) -> bool:
     return True
 
 
-def _is_busy(err: BaseException) -> bool:
-    msg = str(err).lower()
-    return isinstance(err, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
-
 
 class SessionIndex:
     """Routing index in SQLite (WAL): lazy creation, TTL pruning, safe across processes.
@@ -618,14 +615,8 @@ class SessionIndex:
 
     @contextlib.contextmanager
     def _tx(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_tx(conn):
             yield conn
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         self.write_count += 1
 
     def _run(self, what: str, fn: Callable[[sqlite3.Connection], _T], default: _T,
@@ -642,7 +633,7 @@ class SessionIndex:
                         return default
                     return fn(conn)
                 except sqlite3.DatabaseError as e:
-                    if _is_busy(e) or attempt == 2:
+                    if is_busy(e) or attempt == 2:
                         self._warn_once(f"busy:{what}", "session index %s failed: %s", what, e)
                         return default
                     self._move_aside(e)
