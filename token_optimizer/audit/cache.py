@@ -1,8 +1,10 @@
 """The incremental audit cache: ``<state root>/audit-cache.sqlite``.
 
-One row per source (a host store or a transcript file), holding the source's
-change stamp and everything needed to continue reading it: per-session
-accumulator states and watermarks. A second scan reads only what is new.
+One row per host store, holding its change stamp and everything needed to
+continue reading it (per-session accumulator states and watermarks); and, per
+legacy ``sessions`` dir, an index of its transcript files (name → size,
+mtime_ns, figures) plus one raw blob of their finished JSON rows
+(:meth:`AuditCache.put_bytes`). A second scan reads only what is new.
 
 The cache is ours, not the host's: it is an ordinary SQLite file written in
 one short transaction per scan. It is disposable: a missing, corrupt or

@@ -535,6 +535,10 @@ def _workers(n_files: int, n_bytes: int) -> int:
         return max(1, int(env))
     if n_files < POOL_MIN_FILES or n_bytes < POOL_MIN_BYTES or not sys.platform.startswith("linux"):
         return 1  # fork is the cheap start; elsewhere a pool costs more than it saves here
+    import threading
+
+    if threading.active_count() > 1:
+        return 1  # never fork a threaded process (a lock held elsewhere stays held)
     return max(1, min(os.cpu_count() or 1, 8))
 
 
