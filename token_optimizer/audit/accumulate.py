@@ -56,17 +56,38 @@ _PLAIN_USAGE_KEYS = frozenset({"input_tokens", "output_tokens", "cache_read_inpu
                                "cache_creation_input_tokens"})
 
 
+_HOUR_MS: dict[str, float] = {}
+"""``YYYY-MM-DDTHH`` → epoch ms of that hour (a transcript's lines share a few hours)."""
+
+
+def _hour_ms(prefix: str) -> float | None:
+    base = _HOUR_MS.get(prefix)
+    if base is None:
+        try:
+            d = _dt.datetime(int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]),
+                             int(prefix[11:13]), tzinfo=_dt.UTC)
+        except ValueError:
+            return None
+        base = float((d - _EPOCH) // _MS)
+        if len(_HOUR_MS) < 65536:
+            _HOUR_MS[prefix] = base
+    return base
+
+
 def timestamp_ms(v: object) -> float | None:
     """:func:`token_optimizer.transcripts.timestamp_ms`, with a fast path for the common
     ``YYYY-MM-DDTHH:MM:SS.mmmZ`` form (same result; anything else takes the full parser)."""
     if isinstance(v, str) and len(v) == 24 and v[10] == "T" and v[19] == "." and v[23] == "Z" \
             and v[4] == "-" and v[7] == "-" and v[13] == ":" and v[16] == ":":
-        try:
-            d = _dt.datetime(int(v[0:4]), int(v[5:7]), int(v[8:10]), int(v[11:13]),
-                             int(v[14:16]), int(v[17:19]), int(v[20:23]) * 1000, tzinfo=_dt.UTC)
-        except ValueError:
-            return _timestamp_ms(v)
-        return float((d - _EPOCH) // _MS)
+        base = _hour_ms(v[:13])
+        if base is not None:
+            try:
+                mi, se, ms = int(v[14:16]), int(v[17:19]), int(v[20:23])
+            except ValueError:
+                return _timestamp_ms(v)
+            # the ranges datetime() accepts (microsecond = ms * 1000 < 10**6)
+            if 0 <= mi <= 59 and 0 <= se <= 59 and 0 <= ms <= 999:
+                return base + (mi * 60_000 + se * 1000 + ms)
     return _timestamp_ms(v)
 
 
@@ -76,14 +97,13 @@ def _plain_usage(usage: dict[str, Any]) -> tuple[float, float, float, float] | N
     = ``cache_creation_input_tokens``, absent keys 0)."""
     if not usage.keys() <= _PLAIN_USAGE_KEYS:
         return None
-    vals = []
-    for k in ("input_tokens", "output_tokens", "cache_read_input_tokens",
-              "cache_creation_input_tokens"):
-        v = usage.get(k, 0)
-        if type(v) is not int:
-            return None
-        vals.append(float(v) if v > 0 else 0.0)
-    return vals[0], vals[1], vals[2], vals[3]
+    get = usage.get
+    i, o, r, w = (get("input_tokens", 0), get("output_tokens", 0),
+                  get("cache_read_input_tokens", 0), get("cache_creation_input_tokens", 0))
+    if type(i) is not int or type(o) is not int or type(r) is not int or type(w) is not int:
+        return None
+    return (float(i) if i > 0 else 0.0, float(o) if o > 0 else 0.0,
+            float(r) if r > 0 else 0.0, float(w) if w > 0 else 0.0)
 
 
 def usage_tokens(usage: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -164,36 +184,44 @@ class SessionAcc:
         if not isinstance(ev, dict):
             return
         self.count += 1
-        etype = ev.get("type")
-        msg = ev.get("message")
+        get = ev.get
+        etype = get("type")
+        msg = get("message")
         if etype != "message" and etype is not None:
             if etype == "compaction":
                 self.compactions += 1
             elif etype == "reset":
                 self.resets += 1
-            if etype in ("user", "assistant"):  # Claude-Code style lines
-                msg = ev.get("message") if isinstance(ev.get("message"), dict) else ev
+            if etype == "user" or etype == "assistant":  # Claude-Code style lines
+                if not isinstance(msg, dict):
+                    msg = ev
                 role: object = etype
             else:
-                self._ts(created_ms if created_ms is not None else timestamp_ms(ev.get("timestamp")))
+                self._ts(created_ms if created_ms is not None else timestamp_ms(get("timestamp")))
                 return
         else:
             if not isinstance(msg, dict):
                 return
             role = msg.get("role")
-        if not isinstance(msg, dict):
-            msg = {}
         mts = msg.get("timestamp")
         if isinstance(mts, (int, float)) and not isinstance(mts, bool) and mts > 0:
-            self._ts(float(mts))
+            ms: float | None = float(mts)
         elif created_ms is not None:
-            self._ts(created_ms)
+            ms = created_ms
         else:
-            self._ts(timestamp_ms(ev.get("timestamp")))
-        if role == "user":
+            ms = timestamp_ms(get("timestamp"))
+        if ms is not None:
+            if self.first_ms is None or ms < self.first_ms:
+                self.first_ms = ms
+            if self.last_ms is None or ms > self.last_ms:
+                self.last_ms = ms
+        if role == "assistant":
+            self.assistant += 1
+            self._assistant(ev, msg, pricer)
+        elif role == "user":
             self.user += 1
             if self.topic is None:
-                text = first_user_text(ev) if ev.get("type") == "message" else first_user_text(
+                text = first_user_text(ev) if etype == "message" else first_user_text(
                     {"type": "message", "message": msg})
                 if text:
                     self.topic = extract_topic(text) or None
@@ -204,36 +232,47 @@ class SessionAcc:
                         self.tool_results += 1
                         if b.get("is_error") is True:
                             self.tool_errors += 1
-        elif role == "assistant":
-            self.assistant += 1
-            self._assistant(ev, msg, pricer)
         elif role == "toolResult" or role == "tool":
             self.tool_results += 1
             if msg.get("isError") is True or msg.get("is_error") is True:
                 self.tool_errors += 1
 
     def _assistant(self, ev: dict[str, Any], msg: dict[str, Any], pricer: Pricer) -> None:
-        sr = msg.get("stopReason")
-        if isinstance(sr, str) and (sr in self.stop or len(self.stop) < MAX_STOP_REASONS):
-            self.stop[sr] = self.stop.get(sr, 0) + 1
-        if sr == "error" or (isinstance(msg.get("errorMessage"), str) and msg.get("errorMessage")):
-            self.error_turns += 1
-        content = msg.get("content")
+        mget = msg.get
+        sr = mget("stopReason")
+        if sr is not None:
+            if isinstance(sr, str) and (sr in self.stop or len(self.stop) < MAX_STOP_REASONS):
+                self.stop[sr] = self.stop.get(sr, 0) + 1
+            if sr == "error":
+                self.error_turns += 1
+            else:
+                em = mget("errorMessage")
+                if isinstance(em, str) and em:
+                    self.error_turns += 1
+        else:
+            em = mget("errorMessage")
+            if isinstance(em, str) and em:
+                self.error_turns += 1
+        content = mget("content")
         if isinstance(content, list):
             for b in content:
                 if isinstance(b, dict):
                     bt = b.get("type")
                     if bt == "toolCall" or bt == "tool_use" or bt == "toolUse":
                         self._tool(b.get("name"))
-        usage = msg.get("usage")
+        usage = mget("usage")
         if not isinstance(usage, dict):
             usage = ev.get("usage")
         if not isinstance(usage, dict) or not usage:
             return
-        model_raw = msg.get("model") or ev.get("model")
+        model_raw = mget("model") or ev.get("model")
         model = model_raw if isinstance(model_raw, str) and model_raw else "unknown"
-        inp, out, cr, cw = usage_tokens(usage)
-        rec = recorded_cost(usage)
+        if "input" in usage or "output" in usage or "cacheRead" in usage:
+            inp, out, cr, cw = usage_tokens(usage)
+        else:
+            plain = _plain_usage(usage)
+            inp, out, cr, cw = plain if plain is not None else usage_tokens(usage)
+        rec = recorded_cost(usage) if "cost" in usage else None
         rid = ev.get("requestId")
         if isinstance(rid, str) and rid:
             old = self.reqs.get(rid)

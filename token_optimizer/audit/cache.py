@@ -1,8 +1,10 @@
 """The incremental audit cache: ``<state root>/audit-cache.sqlite``.
 
-One row per source (a host store or a transcript file), holding the source's
-change stamp and everything needed to continue reading it: per-session
-accumulator states and watermarks. A second scan reads only what is new.
+One row per host store, holding its change stamp and everything needed to
+continue reading it (per-session accumulator states and watermarks); and, per
+legacy ``sessions`` dir, an index of its transcript files (name → size,
+mtime_ns, figures) plus one raw blob of their finished JSON rows
+(:meth:`AuditCache.put_bytes`). A second scan reads only what is new.
 
 The cache is ours, not the host's: it is an ordinary SQLite file written in
 one short transaction per scan. It is disposable: a missing, corrupt or
@@ -24,6 +26,13 @@ log = logging.getLogger("token_optimizer")
 
 CACHE_FILE = "audit-cache.sqlite"
 FORMAT = 1
+
+
+class _Raw:
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
 
 
 class AuditCache:
@@ -56,7 +65,8 @@ class AuditCache:
     def get(self, key: str) -> Any:
         self._seen.add(key)
         if key in self._dirty:
-            return self._dirty[key]
+            v = self._dirty[key]
+            return None if isinstance(v, _Raw) else v
         if self._con is None:
             return None
         try:
@@ -73,6 +83,25 @@ class AuditCache:
     def put(self, key: str, value: Any) -> None:
         self._seen.add(key)
         self._dirty[key] = value
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """A value stored with :meth:`put_bytes`, as it was given."""
+        self._seen.add(key)
+        if key in self._dirty:
+            v = self._dirty[key]
+            return v.raw if isinstance(v, _Raw) else None
+        if self._con is None:
+            return None
+        try:
+            row = self._con.execute("SELECT value FROM sources WHERE key=?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return bytes(row[0]) if row is not None and isinstance(row[0], bytes) else None
+
+    def put_bytes(self, key: str, value: bytes) -> None:
+        """Keep ``value`` as it is (no JSON): for blobs read back whole, like cached output."""
+        self._seen.add(key)
+        self._dirty[key] = _Raw(value)
 
     def keys(self) -> list[str]:
         if self._con is None:
@@ -91,7 +120,7 @@ class AuditCache:
             self._con.execute("BEGIN IMMEDIATE")
             for k, v in self._dirty.items():
                 self._con.execute("INSERT OR REPLACE INTO sources VALUES (?, ?)",
-                                  (k, orjson.dumps(v)))
+                                  (k, v.raw if isinstance(v, _Raw) else orjson.dumps(v)))
             if prune_prefix is not None:
                 for k in self.keys():
                     if k.startswith(prune_prefix) and k not in self._seen:

@@ -56,6 +56,10 @@ class Tokens:
         return {"input": self.input, "output": self.output,
                 "cacheRead": self.cache_read, "cacheWrite": self.cache_write}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Tokens:
+        return cls(int(d["input"]), int(d["output"]), int(d["cacheRead"]), int(d["cacheWrite"]))
+
 
 @dataclass
 class ModelSplit:
@@ -83,6 +87,14 @@ class ModelSplit:
             "tableUsd": self.table_usd, "unpricedTokens": self.unpriced_tokens,
             "costBasis": self.basis, "priceSource": self.price_source,
         }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelSplit:
+        return cls(model=d["model"], calls=d["calls"], tokens=Tokens.from_json(d["tokens"]),
+                   cost_usd=d["costUsd"], recorded_usd=d["recordedUsd"],
+                   estimated_usd=d["estimatedUsd"], table_usd=d["tableUsd"],
+                   unpriced_tokens=d["unpricedTokens"], basis=d["costBasis"],
+                   price_source=d["priceSource"])
 
 
 @dataclass
@@ -189,3 +201,26 @@ class SessionRow:
             "topic": self.topic,
             "sourcePath": self.source,
         }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], started_ms: float | None,
+                  ended_ms: float | None) -> SessionRow:
+        """The row :meth:`to_json` gave ``d`` for (the times are passed exactly: the JSON
+        holds them as ISO strings)."""
+        return cls(
+            host=d["system"], session_id=d["sessionId"], agent=d["agentName"],
+            project=d["project"], started_ms=started_ms, ended_ms=ended_ms,
+            source=d["sourcePath"], session_key=d["sessionKey"],
+            tokens=Tokens.from_json(d["tokens"]), reasoning_tokens=d["reasoningTokens"],
+            cost_usd=d["costUsd"], cost_basis=d["costBasis"],
+            unpriced_tokens=d["unpricedTokens"], unpriced_models=list(d["unpricedModels"]),
+            models=[ModelSplit.from_json(m) for m in d["models"]], model=d["model"],
+            run_type=d["runType"], cron_job=d["cronJob"], message_count=d["messageCount"],
+            user_messages=d["userMessages"], assistant_messages=d["assistantMessages"],
+            api_calls=d["apiCalls"], tool_calls=d["toolCalls"], tool_errors=d["toolErrors"],
+            tools=list(d["toolsUsed"]), stop_reasons=dict(d["stopReasons"]),
+            error_turns=d["errorTurns"], compactions=d["compactions"],
+            compaction_fallback_streak=d["compactionFallbackStreak"], rewinds=d["rewinds"],
+            status=d["status"], end_reason=d["endReason"], platform=d["platform"],
+            topic=d["topic"], heartbeat_outcomes=d["heartbeatOutcomes"],
+        )

@@ -71,8 +71,10 @@ class Pricer:
 
     def __init__(self, openclaw_dir: str | os.PathLike[str] | None = None, *,
                  use_genai_prices: bool = True) -> None:
+        self._dir = os.fspath(openclaw_dir) if openclaw_dir else None
         self._pricing = get_pricing(openclaw_dir)
         self._cards: dict[str, tuple[str, ModelPricing | _GenaiCard] | None] = {}
+        self._keys: dict[str, str] = {}
         self._use_genai = use_genai_prices
         self._genai_loaded = False
         self._genai_mod: Any = None
@@ -90,6 +92,25 @@ class Pricer:
                 except ImportError:
                     self._genai_mod = None
         return self._genai_mod
+
+    def fingerprint(self) -> list[Any]:
+        """What this pricer's figures depend on, found cheaply (no import, no parse): the
+        package version, the ``openclaw.json`` holding rate overrides (size, mtime) and
+        whether ``genai_prices`` is installed. Figures cached under another fingerprint
+        are computed again."""
+        from importlib.util import find_spec
+
+        from token_optimizer import __version__
+
+        cfg: list[int] | None = None
+        if self._dir:
+            try:
+                st = os.stat(os.path.join(self._dir, "openclaw.json"))
+                cfg = [st.st_size, st.st_mtime_ns]
+            except OSError:
+                cfg = None
+        genai = bool(self._use_genai and find_spec("genai_prices") is not None)
+        return [__version__, self._dir, cfg, genai]
 
     @property
     def has_genai_prices(self) -> bool:
@@ -148,7 +169,9 @@ class Pricer:
                 return None
         if per_call:
             # cost_for applies the long-context card when the request is large enough
-            key = resolve_pricing_key(model, self._pricing)
+            key = self._keys.get(model)
+            if key is None:
+                key = self._keys[model] = resolve_pricing_key(model, self._pricing)
             return cost_for(inp, out, cache_read, cache_write, key, self._pricing)
         return (inp * card.input + out * card.output + cache_read * card.cache_read
                 + cache_write * card.cache_write)

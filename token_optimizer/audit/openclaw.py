@@ -31,10 +31,11 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -82,28 +83,71 @@ def agent_dbs(root: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def transcript_sid(name: str) -> str | None:
+    """The session id of a usage-counted transcript file name, ``None`` for any other file."""
+    if ".jsonl" not in name or name.endswith((".trajectory.jsonl", ".tmp")) \
+            or ".checkpoint." in name:
+        return None
+    m = _ARCHIVE_RE.match(name)
+    return m.group("sid") if m else None
+
+
+def transcript_dirs(root: Path) -> list[tuple[str, str]]:
+    """(agent id, ``sessions`` dir) of every agent, sorted by agent id."""
+    try:
+        agents = sorted(os.scandir(os.path.join(root, "agents")), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [(a.name, os.path.join(a.path, "sessions")) for a in agents if a.is_dir()]
+
+
+class TranscriptFile(NamedTuple):
+    agent: str
+    sid: str
+    name: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def list_transcripts(agent: str, sessions_dir: str,
+                     known: dict[str, str] | None = None) -> list[TranscriptFile]:
+    """Every usage-counted transcript in one ``sessions`` dir with its size and mtime,
+    sorted by name (one ``scandir`` and one ``stat`` per file; nothing is opened).
+    ``known`` maps names already recognised to their session ids."""
+    out: list[TranscriptFile] = []
+    known = known or {}
+    try:
+        entries = sorted(os.scandir(sessions_dir), key=lambda e: e.name)
+    except OSError:
+        return out
+    for f in entries:
+        name = f.name
+        sid = known.get(name) or transcript_sid(name)
+        if sid is None:
+            continue
+        try:
+            if not f.is_file():
+                continue
+            st = f.stat()
+        except OSError:
+            continue
+        out.append(TranscriptFile(agent, sid, name, f.path, st.st_size, st.st_mtime_ns))
+    return out
+
+
 def transcript_files(root: Path) -> list[tuple[str, str, Path]]:
     """(agent id, session id, path) of every usage-counted transcript file."""
     out: list[tuple[str, str, Path]] = []
-    try:
-        agents = sorted(os.scandir(root / "agents"), key=lambda e: e.name)
-    except OSError:
-        return out
-    for a in agents:
-        if not a.is_dir():
-            continue
+    for agent, d in transcript_dirs(root):
         try:
-            files = sorted(os.scandir(Path(a.path) / "sessions"), key=lambda e: e.name)
+            files = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError:
             continue
         for f in files:
-            name = f.name
-            if ".jsonl" not in name or name.endswith((".trajectory.jsonl", ".tmp")) \
-                    or ".checkpoint." in name or not f.is_file():
-                continue
-            m = _ARCHIVE_RE.match(name)
-            if m:
-                out.append((a.name, m.group("sid"), Path(f.path)))
+            sid = transcript_sid(f.name)
+            if sid is not None and f.is_file():
+                out.append((agent, sid, Path(f.path)))
     return out
 
 
@@ -408,30 +452,235 @@ class AgentStoreReader:
 
 # ---------------------------------------------------------------- legacy files
 
+FILES_FORMAT = 1
+POOL_MIN_FILES = 48
+"""A cold read of at least this many files (and bytes) runs on a process pool."""
+POOL_MIN_BYTES = 8 << 20
+POOL_BATCH_BYTES = 2 << 20
 
-def read_transcript_file(path: Path, cache: AuditCache, pricer: Pricer) -> SessionAcc | None:
-    """One JSONL transcript (plain or ``.zst``), cached by (size, mtime)."""
+
+def read_transcript(path: str, pricer: Pricer) -> SessionAcc | None:
+    """One JSONL transcript (plain or ``.zst``), read line by line (``None`` when unreadable)."""
+    acc = SessionAcc()
+    feed = acc.feed
+    loads = orjson.loads
     try:
-        st = path.stat()
-    except OSError:
-        return None
-    key = f"openclaw:file:{path}"
-    stamp = [st.st_size, st.st_mtime_ns]
-    cached = cache.get(key)
-    if cached and cached.get("stamp") == stamp:
-        return SessionAcc.from_state(cached["acc"])
-    try:
-        data = path.read_bytes()
-        if path.name.endswith(".zst"):
-            data = zstd.decompress(data)
+        if path.endswith(".zst"):
+            with open(path, "rb") as fh:
+                data = zstd.decompress(fh.read())
+            for rec in iter_jsonl(data):
+                feed(rec, pricer)
+            return acc
+        with open(path, "rb") as fh:
+            for line in fh:
+                try:
+                    rec = loads(line)
+                except orjson.JSONDecodeError:
+                    # blank, torn or bad; or padded with whitespace JSON does not allow
+                    stripped = line.strip()
+                    if not stripped or len(stripped) == len(line.rstrip(b"\r\n")):
+                        continue
+                    try:
+                        rec = loads(stripped)
+                    except orjson.JSONDecodeError:
+                        continue
+                feed(rec, pricer)
     except Exception as exc:  # unreadable, corrupt frame, no zstd
         log.debug("transcript %s unreadable: %s", path, exc)
         return None
-    acc = SessionAcc()
-    for rec in iter_jsonl(data):
-        acc.feed(rec, pricer)
-    cache.put(key, {"stamp": stamp, "acc": acc.to_state()})
     return acc
+
+
+ROW_JSON_OPTS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+
+
+def row_fragment(row_json: dict[str, Any]) -> bytes:
+    """One row as an element of the indented ``scan --json`` array (``ROW_JSON_OPTS``,
+    one level deep): joined with ``b",\\n  "`` inside ``b"[\\n  " … b"\\n]"`` they are
+    byte for byte ``orjson.dumps(rows, option=ROW_JSON_OPTS)``."""
+    return orjson.dumps(row_json, option=ROW_JSON_OPTS).replace(b"\n", b"\n  ")
+
+
+FileRecord = list[Any]
+"""``[sid, size, mtime_ns, events, messages, started_ms, ended_ms, fragment]`` where the
+fragment is :func:`row_fragment` of the file's row (``b""`` with no messages). In the
+cache the fragment is replaced by its (offset, length) in the dir's fragment blob."""
+
+
+def file_record(f: TranscriptFile, pricer: Pricer) -> FileRecord | None:
+    """What the cache keeps of one transcript file (``None`` when unreadable: not cached)."""
+    acc = read_transcript(f.path, pricer)
+    if acc is None:
+        return None
+    n = acc.user + acc.assistant
+    if n == 0:
+        return [f.sid, f.size, f.mtime_ns, acc.count, 0, None, None, b""]
+    row = build_row(f.sid, f.agent, acc, f.path, pricer)
+    return [f.sid, f.size, f.mtime_ns, acc.count, n, row.started_ms, row.ended_ms,
+            row_fragment(row.to_json())]
+
+
+_pool_pricer: Pricer | None = None
+
+
+def _pool_batch(batch: list[TranscriptFile]) -> list[FileRecord | None]:
+    assert _pool_pricer is not None
+    return [file_record(f, _pool_pricer) for f in batch]
+
+
+def _workers(n_files: int, n_bytes: int) -> int:
+    from token_optimizer import settings
+
+    chosen = settings.env_value(settings.AUDIT_WORKERS)  # a bad value warns once
+    if isinstance(chosen, int):
+        return chosen
+    if n_files < POOL_MIN_FILES or n_bytes < POOL_MIN_BYTES or not sys.platform.startswith("linux"):
+        return 1  # fork is the cheap start; elsewhere a pool costs more than it saves here
+    import threading
+
+    if threading.active_count() > 1:
+        return 1  # never fork a threaded process (a lock held elsewhere stays held)
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def read_files(todo: list[TranscriptFile], pricer: Pricer,
+               progress: Progress | None = None) -> list[FileRecord | None]:
+    """Records of ``todo`` in order; many files are parsed on a pool of forked workers."""
+    total = len(todo)
+    workers = _workers(total, sum(f.size for f in todo))
+    if workers > 1:
+        try:
+            return _read_pooled(todo, pricer, workers, progress)
+        except Exception as exc:  # no fork, no /dev/shm, a dead worker: read in-process
+            log.debug("transcript pool unavailable (%s); reading in-process", exc)
+    out: list[FileRecord | None] = []
+    for i, f in enumerate(todo):
+        out.append(file_record(f, pricer))
+        if progress and (i % 64 == 63 or i + 1 == total):
+            progress(i + 1, total, "transcript files")
+    return out
+
+
+def _read_pooled(todo: list[TranscriptFile], pricer: Pricer, workers: int,
+                 progress: Progress | None) -> list[FileRecord | None]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _pool_pricer
+    batches: list[list[TranscriptFile]] = [[]]
+    size = 0
+    for f in todo:  # contiguous batches of about POOL_BATCH_BYTES keep the order
+        if batches[-1] and size + f.size > POOL_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(f)
+        size += f.size
+    _pool_pricer = pricer  # inherited by the forked workers
+    out: list[FileRecord | None] = []
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
+            for recs in ex.map(_pool_batch, batches):
+                out.extend(recs)
+                if progress:
+                    progress(len(out), len(todo), "transcript files")
+    finally:
+        _pool_pricer = None
+    return out
+
+
+FileRow = tuple[float | None, float | None, bytes]
+"""(started_ms, ended_ms, :func:`row_fragment` of the row)."""
+
+
+@dataclass
+class FileRows:
+    """The legacy transcript files' sessions, as cached row fragments by session id."""
+
+    rows: dict[str, FileRow]
+    duplicates: int
+    files_read: int
+
+
+def scan_transcript_files(root: Path, cache: AuditCache, pricer: Pricer, skip: set[str], *,
+                          agents: set[str] | None = None,
+                          progress: Progress | None = None) -> FileRows:
+    """Every legacy transcript file's session not in ``skip`` (the SQLite sessions).
+
+    Two cache entries per ``sessions`` dir: an index mapping each file name to its
+    (size, mtime_ns) and figures, and one blob of the finished rows' JSON fragments.
+    A warm scan is a ``stat`` per file and two reads; a changed file is re-read alone.
+    Among files of one session id the one with the most events wins (the others are
+    copies and count as duplicates).
+    """
+    fp = pricer.fingerprint()
+    listed: list[tuple[int, TranscriptFile]] = []
+    dirs: list[tuple[str, dict[str, FileRecord], bytes, dict[str, FileRecord], bool]] = []
+    duplicates = 0
+    todo: list[tuple[int, TranscriptFile]] = []
+    for agent, d in transcript_dirs(root):
+        if agents and agent not in agents:
+            continue
+        key = f"openclaw:files:{d}"
+        cached = cache.get(key)
+        old: dict[str, FileRecord] = {}
+        blob = b""
+        if isinstance(cached, dict) and cached.get("v") == FILES_FORMAT \
+                and cached.get("pricing") == fp:
+            old = cached.get("files") or {}
+            blob = cache.get_bytes(key + "#rows") or b""
+        files = list_transcripts(agent, d, {n: r[0] for n, r in old.items()})
+        if not files and not old:
+            continue
+        new: dict[str, FileRecord] = {}
+        i = len(dirs)
+        changed = len(files) != len(old)
+        for f in files:
+            rec = old.get(f.name)
+            if f.sid in skip:
+                duplicates += 1
+                if rec is not None:  # keep it: still there, just shadowed
+                    new[f.name] = rec
+                continue
+            listed.append((i, f))
+            if rec is not None and rec[1] == f.size and rec[2] == f.mtime_ns \
+                    and rec[7] + rec[8] <= len(blob):
+                new[f.name] = rec
+            else:
+                todo.append((i, f))
+                changed = True
+        dirs.append((key, old, blob, new, changed))
+    if todo:
+        recs = read_files([f for _, f in todo], pricer, progress)
+        for (i, f), rec in zip(todo, recs, strict=True):
+            if rec is not None:
+                dirs[i][3][f.name] = rec
+    frags: list[dict[str, bytes]] = []
+    for key, old, blob, new, changed in dirs:
+        fr = {name: (blob[r[7]:r[7] + r[8]] if len(r) == 9 else r[7]) for name, r in new.items()}
+        frags.append(fr)
+        if changed or set(new) != set(old):
+            index: dict[str, list[Any]] = {}
+            parts: list[bytes] = []
+            off = 0
+            for name, r in new.items():
+                b = fr[name]
+                index[name] = [*r[:7], off, len(b)]
+                parts.append(b)
+                off += len(b)
+            cache.put(key, {"v": FILES_FORMAT, "pricing": fp, "files": index})
+            cache.put_bytes(key + "#rows", b"".join(parts))
+    best: dict[str, tuple[int, FileRow]] = {}
+    counted: dict[str, int] = {}
+    for i, f in listed:
+        rec = dirs[i][3].get(f.name)
+        if rec is None or not rec[4]:
+            continue  # unreadable, or no messages
+        counted[f.sid] = counted.get(f.sid, 0) + 1
+        cur = best.get(f.sid)
+        if cur is None or rec[3] > cur[0]:
+            best[f.sid] = (rec[3], (rec[5], rec[6], frags[i][f.name]))
+    duplicates += sum(n - 1 for n in counted.values())
+    return FileRows({sid: fr for sid, (_, fr) in best.items()}, duplicates, len(todo))
 
 
 # ---------------------------------------------------------------- rows
@@ -495,6 +744,8 @@ class OpenClawScan:
     rows: list[SessionRow]
     events_read: int
     duplicates: int
+    file_rows: dict[str, FileRow] = field(default_factory=dict)
+    """Legacy transcript files' sessions as cached row fragments (see :func:`scan_transcript_files`)."""
 
 
 def scan_openclaw(root: Path, cache: AuditCache, pricer: Pricer, *,
@@ -524,20 +775,5 @@ def scan_openclaw(root: Path, cache: AuditCache, pricer: Pricer, *,
             _, ag, src, acc = max(cands, key=lambda c: c[0])
             rows[sid] = build_row(sid, ag, acc, src, pricer, facts_by_agent, cron_jobs)
         archive_candidates.clear()
-    duplicates = 0
-    files: dict[str, list[tuple[int, str, str, SessionAcc]]] = {}
-    for agent, sid, path in transcript_files(root):
-        if agents and agent not in agents:
-            continue
-        if sid in rows:
-            duplicates += 1
-            continue
-        facc = read_transcript_file(path, cache, pricer)
-        if facc is None or facc.user + facc.assistant == 0:
-            continue
-        files.setdefault(sid, []).append((facc.count, agent, str(path), facc))
-    for sid, cands in files.items():
-        duplicates += len(cands) - 1
-        _, agent, src, acc = max(cands, key=lambda c: c[0])
-        rows[sid] = build_row(sid, agent, acc, src, pricer, None, cron_jobs)
-    return OpenClawScan(list(rows.values()), events, duplicates)
+    fr = scan_transcript_files(root, cache, pricer, set(rows), agents=agents, progress=progress)
+    return OpenClawScan(list(rows.values()), events, fr.duplicates, fr.rows)

@@ -9,15 +9,19 @@ so tests (and the real-host suite) can point them at any directory.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from token_optimizer.audit import hermes, openclaw
 from token_optimizer.audit.cache import CACHE_FILE, AuditCache
 from token_optimizer.audit.model import SessionRow
 from token_optimizer.audit.money import Pricer
+from token_optimizer.audit.openclaw import FileRow
 from token_optimizer.audit.sqlite_ro import file_size
 
 Progress = Callable[[int, int, str], None]
@@ -33,14 +37,71 @@ class Roots:
         return cls(openclaw.default_root(), hermes.default_home())
 
 
-@dataclass
 class ScanResult:
-    rows: list[SessionRow]
-    events_read: int = 0
-    """Transcript events / messages actually read this run (0 on a warm run with nothing new)."""
-    duplicates: int = 0
-    unpriced_tokens: int = 0
-    unpriced_models: list[str] = field(default_factory=list)
+    """The sessions found, newest first.
+
+    Sessions from the legacy transcript files come out of the cache as finished JSON
+    fragments; :meth:`json_array` joins those as they are (``scan --json`` prints them
+    without building a :class:`SessionRow` per session) and :attr:`rows` builds the
+    objects on first use.
+    """
+
+    def __init__(self, rows: list[SessionRow], events_read: int = 0, duplicates: int = 0,
+                 unpriced_tokens: int = 0, unpriced_models: list[str] | None = None, *,
+                 file_rows: dict[str, FileRow] | None = None) -> None:
+        self.events_read = events_read
+        """Transcript events / messages actually read this run (0 on a warm run with nothing new)."""
+        self.duplicates = duplicates
+        self.unpriced_tokens = unpriced_tokens
+        self.unpriced_models = list(unpriced_models or [])
+        entries: list[tuple[float, str, str, SessionRow | FileRow]] = [
+            (-(r.started_ms or 0.0), r.host, r.session_id, r) for r in rows]
+        for sid, fr in (file_rows or {}).items():
+            entries.append((-(fr[0] or 0.0), "openclaw", sid, fr))
+        entries.sort(key=lambda e: e[:3])
+        self._entries = [e[3] for e in entries]
+        self._rows: list[SessionRow] | None = None
+
+    @property
+    def rows(self) -> list[SessionRow]:
+        if self._rows is None:
+            self._rows = [e if isinstance(e, SessionRow)
+                          else SessionRow.from_json(orjson.loads(e[2]), e[0], e[1])
+                          for e in self._entries]
+        return self._rows
+
+    def _select(self, since: float | None, until: float | None,
+                agents: set[str] | None) -> list[SessionRow | FileRow]:
+        out: list[SessionRow | FileRow] = []
+        for e in self._entries:
+            started = e.started_ms if isinstance(e, SessionRow) else e[0]
+            if since is not None and (started is None or started < since):
+                continue
+            if until is not None and (started is None or started > until):
+                continue
+            if agents and isinstance(e, SessionRow) and e.host != "openclaw" \
+                    and e.agent not in agents:
+                continue  # (file rows are all OpenClaw's)
+            out.append(e)
+        return out
+
+    def json_rows(self, since: float | None = None, until: float | None = None,
+                  agents: set[str] | None = None) -> list[dict[str, Any]]:
+        """``to_json()`` of the rows started within [since, until] (and, with ``agents``,
+        of OpenClaw rows or rows of those agents), newest first."""
+        return [e.to_json() if isinstance(e, SessionRow) else orjson.loads(e[2])
+                for e in self._select(since, until, agents)]
+
+    def json_array(self, since: float | None = None, until: float | None = None,
+                   agents: set[str] | None = None) -> bytes:
+        """``orjson.dumps(self.json_rows(…), option=ROW_JSON_OPTS)``, from the cached
+        fragments where there are some."""
+        sel = self._select(since, until, agents)
+        if not sel:
+            return orjson.dumps([], option=openclaw.ROW_JSON_OPTS)
+        frags = [openclaw.row_fragment(e.to_json()) if isinstance(e, SessionRow) else e[2]
+                 for e in sel]
+        return b"[\n  " + b",\n  ".join(frags) + b"\n]"
 
 
 def scan(roots: Roots, state_root: Path | None, *, agents: set[str] | None = None,
@@ -50,12 +111,14 @@ def scan(roots: Roots, state_root: Path | None, *, agents: set[str] | None = Non
     pricer = pricer or Pricer(roots.openclaw)
     cache = AuditCache(state_root / CACHE_FILE if (use_cache and state_root) else None)
     rows: list[SessionRow] = []
+    file_rows: dict[str, FileRow] = {}
     events = dups = 0
     try:
         if roots.openclaw is not None and roots.openclaw.is_dir():
             oc = openclaw.scan_openclaw(roots.openclaw, cache, pricer, agents=agents,
                                         progress=progress)
             rows.extend(oc.rows)
+            file_rows = oc.file_rows
             events += oc.events_read
             dups += oc.duplicates
         if roots.hermes is not None and roots.hermes.is_dir():
@@ -66,9 +129,32 @@ def scan(roots: Roots, state_root: Path | None, *, agents: set[str] | None = Non
         cache.flush()
     finally:
         cache.close()
-    rows.sort(key=lambda r: (-(r.started_ms or 0.0), r.host, r.session_id))
-    unpriced = sorted({m for r in rows for m in r.unpriced_models})
-    return ScanResult(rows, events, dups, sum(r.unpriced_tokens for r in rows), unpriced)
+    unpriced_tokens = sum(r.unpriced_tokens for r in rows)
+    unpriced = {m for r in rows for m in r.unpriced_models}
+    for fr in file_rows.values():
+        if b'"unpricedModels": []' not in fr[2]:  # the row's own key (splits have none)
+            d = orjson.loads(fr[2])
+            unpriced_tokens += d["unpricedTokens"]
+            unpriced.update(d["unpricedModels"])
+    return ScanResult(rows, events, dups, unpriced_tokens, sorted(unpriced), file_rows=file_rows)
+
+
+def has_store(roots: Roots) -> bool:
+    """Whether any host store exists under ``roots`` (stops at the first one found)."""
+    oc = roots.openclaw
+    if oc is not None and oc.is_dir():
+        if openclaw.agent_dbs(oc) or (oc / openclaw.STATE_DB).is_file():
+            return True
+        for _agent, d in openclaw.transcript_dirs(oc):
+            try:
+                with os.scandir(d) as it:
+                    for e in it:
+                        if openclaw.transcript_sid(e.name) is not None and e.is_file():
+                            return True
+            except OSError:
+                continue
+    hm = roots.hermes
+    return hm is not None and hm.is_dir() and bool(hermes.state_dbs(hm))
 
 
 def detect(roots: Roots) -> dict[str, Any]:
@@ -109,4 +195,4 @@ def detect(roots: Roots) -> dict[str, Any]:
     return {"found": any(h["found"] for h in hosts), "hosts": hosts}
 
 
-__all__ = ["Roots", "ScanResult", "detect", "scan"]
+__all__ = ["Roots", "ScanResult", "detect", "has_store", "scan"]

@@ -23,18 +23,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from token_optimizer.audit.budget import BudgetLimits, budget_limits
-from token_optimizer.audit.detectors import SEVERITY_RANK, load_openclaw_config, run_detectors
 from token_optimizer.audit.model import SessionRow, Tokens
 from token_optimizer.audit.money import Pricer
-from token_optimizer.audit.scan import Roots, ScanResult, detect, scan
+from token_optimizer.audit.scan import Roots, ScanResult, detect, has_store, scan
 from token_optimizer.audit.timeutil import iso_ms, local_day, parse_bound, resolve_tz
 from token_optimizer.commands.render import ProgressReporter, fmt_tokens, fmt_usd, print_table
 from token_optimizer.fsutil import default_home, resolve_paths
+
+if TYPE_CHECKING:
+    from token_optimizer.audit.budget import BudgetLimits
 
 REPORT_KINDS = ("daily", "weekly", "monthly", "session", "model", "agent", "project")
 SCAN_DEFAULT_DAYS = 30
@@ -68,6 +69,66 @@ def _redact(obj: Any, home: str) -> Any:
     return obj
 
 
+def redacted_json(obj: Any, home: str) -> bytes:
+    """``orjson.dumps(_redact(obj, home), OPT_INDENT_2 | OPT_NON_STR_KEYS)``."""
+    return redact_json_bytes(
+        orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS), home)
+
+
+def redact_json_bytes(out: bytes, home: str) -> bytes:
+    """:func:`_redact` applied to the indented JSON ``out``, without decoding it.
+
+    orjson's indented output puts every string either after ``": "`` (a value) or first
+    on its line (an array element or a key); a quote inside a string is escaped. So
+    each place the encoded home follows an unescaped quote starts a string that begins
+    with the home: it becomes ``"~…`` unless it is a key (``…":``).
+    """
+    if not home:
+        return out
+    needle = b'"' + orjson.dumps(home)[1:-1]
+    n_all = out.count(needle)
+    if not n_all:
+        return out
+    values = b": " + needle
+    if out.count(values) == n_all:  # the usual case: every one is a value
+        return out.replace(values, b': "~')
+    at = out.find(needle)
+    parts: list[bytes] = []
+    last = 0
+    n = len(needle)
+    while at >= 0:
+        opens = at == 0 or (out[at - 1] != 0x5C and (
+            (out[at - 1] == 0x20 and at > 1 and out[at - 2] == 0x3A) or _line_start(out, at)))
+        if opens and not _is_key(out, at + 1):
+            parts.append(out[last:at])
+            parts.append(b'"~')
+            last = at + n
+        at = out.find(needle, at + n)
+    parts.append(out[last:])
+    return b"".join(parts)
+
+
+def _line_start(buf: bytes, at: int) -> bool:
+    i = at - 1
+    while i >= 0 and buf[i] == 0x20:
+        i -= 1
+    return i < 0 or buf[i] == 0x0A or buf[i] == 0x5B  # "\n" or "[" (a top-level string)
+
+
+def _is_key(buf: bytes, i: int) -> bool:
+    """Whether the string whose content starts at ``i`` is followed by ``:``."""
+    while True:
+        j = buf.find(b'"', i)
+        if j < 0:
+            return False
+        k = j - 1
+        while buf[k] == 0x5C:
+            k -= 1
+        if (j - 1 - k) % 2 == 0:  # an even run of backslashes: the closing quote
+            return buf[j + 1:j + 2] == b":"
+        i = j + 1
+
+
 def _roots(args: argparse.Namespace) -> Roots:
     d = Roots.default()
     oc = Path(args.openclaw_root).expanduser() if args.openclaw_root else d.openclaw
@@ -85,13 +146,17 @@ def _window(args: argparse.Namespace, default_days: int | None) -> tuple[float |
     return since, until, tz
 
 
-def _run_scan(args: argparse.Namespace, default_days: int | None) -> tuple[ScanResult, list[SessionRow], dt.tzinfo, dict[str, Any]]:
-    since, until, tz = _window(args, default_days)
+def _scan_only(args: argparse.Namespace) -> ScanResult:
     state_root = resolve_paths(getattr(args, "home", None)).root
     with ProgressReporter() as progress:
-        res = scan(_roots(args), state_root, agents=set(args.agent) if args.agent else None,
-                   profiles=set(args.profile) if args.profile else None, progress=progress,
-                   use_cache=not args.no_cache)
+        return scan(_roots(args), state_root, agents=set(args.agent) if args.agent else None,
+                    profiles=set(args.profile) if args.profile else None, progress=progress,
+                    use_cache=not args.no_cache)
+
+
+def _run_scan(args: argparse.Namespace, default_days: int | None) -> tuple[ScanResult, list[SessionRow], dt.tzinfo, dict[str, Any]]:
+    since, until, tz = _window(args, default_days)
+    res = _scan_only(args)
     rows = [r for r in res.rows
             if (since is None or (r.started_ms is not None and r.started_ms >= since))
             and (until is None or (r.started_ms is not None and r.started_ms <= until))]
@@ -167,14 +232,23 @@ def _fmt_bytes(n: int) -> str:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    info = detect(_roots(args))
-    if not info["found"]:
+    if not has_store(_roots(args)):
         print("No OpenClaw or Hermes store found (see `token-optimizer detect`).", file=sys.stderr)
         return 1
-    _res, rows, _tz, _w = _run_scan(args, SCAN_DEFAULT_DAYS)
     if args.json:
-        _print_json(_redact([r.to_json() for r in rows], str(default_home())))
+        since, until, _tz = _window(args, SCAN_DEFAULT_DAYS)
+        res = _scan_only(args)
+        only = set(args.agent) if args.agent and not args.profile else None
+        out = redact_json_bytes(res.json_array(since, until, only), str(default_home()))
+        buf = getattr(sys.stdout, "buffer", None)
+        if buf is not None:
+            sys.stdout.flush()
+            buf.write(out + b"\n")
+            buf.flush()
+        else:  # a replaced stdout (tests' capsys): text only
+            sys.stdout.write(out.decode() + "\n")
         return 0
+    _res, rows, _tz, _w = _run_scan(args, SCAN_DEFAULT_DAYS)
     span = f"the last {args.days or SCAN_DEFAULT_DAYS} days" if not (args.since or args.until) \
         else "the selected window"
     if not rows:
@@ -342,6 +416,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_audit(rows: list[SessionRow], roots: Roots, days: int | None) -> dict[str, Any]:
+    from token_optimizer.audit.detectors import load_openclaw_config, run_detectors
+
     res = run_detectors(rows, config=load_openclaw_config(roots.openclaw),
                         pricer=Pricer(roots.openclaw))
     agents: list[str] = []
@@ -380,6 +456,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         None if (args.since or args.until) else SCAN_DEFAULT_DAYS)
     rep = build_audit(rows, _roots(args), days)
     code = 0
+    from token_optimizer.audit.detectors import SEVERITY_RANK
+
     if args.fail_on and any(SEVERITY_RANK[f["severity"]] >= SEVERITY_RANK[args.fail_on]
                             for f in rep["findings"]):
         code = EXIT_FINDINGS
@@ -478,6 +556,8 @@ def build_budget(rows: list[SessionRow], limits: BudgetLimits, tz: dt.tzinfo,
 
 def _cmd_budget(args: argparse.Namespace) -> int:
     roots = _roots(args)
+    from token_optimizer.audit.budget import budget_limits
+
     limits = budget_limits(_plugin_config(roots.openclaw))
     args.days, args.since, args.until = None, None, None
     tz = resolve_tz(args.timezone)
