@@ -77,7 +77,9 @@ class ModelSplit:
     unpriced_tokens: int = 0
     basis: CostBasis = "none"
     price_source: str | None = None
-    """Which table priced the ``table_usd`` part (``token-optimizer`` or ``genai-prices``)."""
+    """Which table priced the ``table_usd`` part: ``token-optimizer`` (the built-in table),
+    ``genai-prices-table`` (the bundled table generated from genai-prices' data) or
+    ``genai-prices`` (the optional library)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
