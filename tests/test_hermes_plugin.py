@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import importlib
 import importlib.metadata
+import json
 import sqlite3
 import sys
 import threading
@@ -933,3 +934,21 @@ def test_unencodable_session_id_poisons_nothing(rt: TokenOptimizer, windows: Con
     for i in range(5):
         assert rt.index.get(f"later-{i}") is not None
     assert rt.index.get("chat-\\ud800") is not None
+
+
+def test_unencodable_tool_path_does_not_break_the_sessions_checkpoints(
+        rt: TokenOptimizer, windows: ContextWindows, tmp_path: Path) -> None:
+    """A path decoded from a non-UTF-8 file name (lone surrogates) reaches the core cleaned:
+    the session's decisions still reach policy-state.json."""
+    plugin = make(rt, windows, tmp_path)
+    ctx = attach(plugin)
+    ctx.invoke("pre_llm_call", **turn_kwargs("S9", "Task: edit odd files"))
+    for i in range(5):
+        ctx.invoke("post_tool_call", session_id="S9", tool_name="write_file",
+                   args={"path": f"bad\udc80-{i}.py", "content": "x"}, status="ok",
+                   task_id="t1")
+    state = rt.paths.checkpoints / "S9" / "policy-state.json"
+    assert state.is_file(), "edit-batch decision never persisted"
+    doc = json.loads(state.read_text())
+    assert doc["editWriteCount"] >= 3 and doc["editBatchMarkerWrites"] >= 3  # edit-batch taken
+    assert doc["editedFiles"] and all("\ufffd" in f for f in doc["editedFiles"])

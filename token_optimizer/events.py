@@ -8,7 +8,7 @@ these; the core never sees a host-specific payload. The TS-shaped dict API in
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -206,3 +206,24 @@ def clean_text(value: object) -> str:
     if _LONE_SURROGATE.search(value) is None:
         return value
     return _LONE_SURROGATE.sub("\ufffd", value)
+
+
+def clean_params(params: object) -> dict[str, Any]:
+    """Tool parameters from a host, with every string made encodable (:func:`clean_text`).
+
+    A path decoded from a non-UTF-8 file name carries lone surrogates on Linux; stored
+    as is, it would make every later JSON write of the session fail.
+    """
+    if not isinstance(params, Mapping):
+        return {}
+    return {str(k): _clean_value(v) for k, v in params.items()}
+
+
+def _clean_value(v: object, depth: int = 0) -> Any:
+    if isinstance(v, str):
+        return clean_text(v)
+    if depth < 3 and isinstance(v, Mapping):
+        return {str(k): _clean_value(x, depth + 1) for k, x in v.items()}
+    if depth < 3 and isinstance(v, list):
+        return [_clean_value(x, depth + 1) for x in v]
+    return v

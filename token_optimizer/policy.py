@@ -44,10 +44,13 @@ from typing import Any
 from token_optimizer import fsutil, jsutil
 from token_optimizer import settings as st
 from token_optimizer.bounded import BoundedMap, StripedLocks
+from token_optimizer.events import clean_text
 from token_optimizer.fsutil import StatePaths, sanitize_checkpoint_id
 
 log = logging.getLogger("token_optimizer.policy")
 
+EDITED_FILES_CAP = 1000
+"""Distinct edited paths remembered per session (``editedFiles`` in policy-state.json)."""
 FILL_BANDS = (20, 35, 50, 65, 80)
 QUALITY_THRESHOLDS = (80, 70, 50, 40)
 
@@ -461,13 +464,20 @@ class CheckpointPolicy:
     # ------------------------------------------------------------ evaluation gate
 
     def register_write_event(self, session_id: str, file_path: str | None) -> None:
-        """Count a write tool call (memory only)."""
+        """Count a write tool call (memory only).
+
+        ``editedFiles`` keeps at most :data:`EDITED_FILES_CAP` paths, oldest dropped
+        first (ours: the reference's list grows with every distinct file a session
+        writes; past the cap only the write count can reach the edit-batch threshold).
+        """
         key = self.key_for(session_id)
         with self._lock_for(key):
             st = self._state_locked(key)
             st.edit_write_count += 1
             if file_path:
-                st.edited_files[file_path] = None
+                st.edited_files[clean_text(file_path)] = None
+                while len(st.edited_files) > EDITED_FILES_CAP:
+                    del st.edited_files[next(iter(st.edited_files))]
 
     def should_evaluate(self, session_id: str, now_ms: float | None = None) -> bool:
         now = jsutil.now_ms() if now_ms is None else now_ms
@@ -623,7 +633,7 @@ class CheckpointPolicy:
                 # the directory vanished between opening and writing (a cleanup
                 # in another process): create it again once
                 error = exc
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, TypeError) as exc:  # TypeError: unencodable text
                 error = exc
                 break
         if not applied:

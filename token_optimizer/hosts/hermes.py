@@ -75,6 +75,7 @@ from token_optimizer.events import (
     TurnPrepare,
     Usage,
     clean_id,
+    clean_params,
     clean_text,
     token_count,
 )
@@ -597,8 +598,7 @@ class HermesPlugin:
         name = _nonempty_str(kwargs.get("tool_name"))
         if name is None:
             return None
-        args = kwargs.get("args")
-        params = dict(args) if isinstance(args, Mapping) else {}
+        params = clean_params(kwargs.get("args"))
         key = sid
         if sid is not None:
             key, rotated_from = self._resolve(sid)
@@ -620,8 +620,7 @@ class HermesPlugin:
         name = _nonempty_str(kwargs.get("tool_name"))
         if name is None:
             return
-        args = kwargs.get("args")
-        params = dict(args) if isinstance(args, Mapping) else {}
+        params = clean_params(kwargs.get("args"))
         key = self.key_of.get(sid) if sid is not None else None
         if sid is not None and key is None:
             key, _ = self._resolve(sid)
@@ -630,7 +629,8 @@ class HermesPlugin:
         if error is None and isinstance(status, str) and status not in ("ok", "success",
                                                                          "completed"):
             error = _nonempty_str(kwargs.get("error_type")) or status
-        self.runtime.tool_after(ToolAfter(Identity(sid, key, AGENT_ID), name, params, error))
+        self.runtime.tool_after(ToolAfter(Identity(sid, key, AGENT_ID), name, params,
+                                          clean_text(error) if error else None))
 
     # ------------------------------------------------------------ hooks: lifecycle
 

@@ -32,6 +32,7 @@ from token_optimizer.events import (
     TurnPrepare,
     Usage,
     clean_id,
+    clean_params,
     clean_text,
     token_count,
 )
@@ -190,7 +191,7 @@ def _ts_before_tool(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> H
     name = _str_or_none(ev.get("toolName")) or _str_or_none(cx.get("toolName")) or ""
     params = ev.get("params")
     return rt.tool_before(ToolBefore(identity_from_ctx(cx), name,
-                                     dict(params) if isinstance(params, Mapping) else {}))
+                                     clean_params(params)))
 
 
 def _ts_after_tool(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
@@ -198,8 +199,8 @@ def _ts_after_tool(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> Ho
     params = ev.get("params")
     err = ev.get("error")
     return rt.tool_after(ToolAfter(identity_from_ctx(cx), name,
-                                   dict(params) if isinstance(params, Mapping) else {},
-                                   str(err) if err else None))
+                                   clean_params(params),
+                                   clean_text(str(err)) if err else None))
 
 
 def _ts_before_compaction(rt: Core, ev: Mapping[str, Any], cx: Mapping[str, Any]) -> HookOutcome:
