@@ -11,6 +11,7 @@ import pytest
 from token_optimizer import fsutil
 from token_optimizer.hosts import hermes_home
 from token_optimizer.hosts.hermes import HermesPlugin, StateDb
+from token_optimizer.models import Message
 
 
 def _state_db(path: Path, ids: list[str]) -> Path:
@@ -100,3 +101,24 @@ def test_plugin_runtime_uses_the_hermes_root(tmp_path: Path, monkeypatch: pytest
     assert plugin.runtime.paths.root == tmp_path / "hh" / "token-optimizer"
     assert (tmp_path / "hh" / "token-optimizer" / "checkpoints" / "h1").is_dir()
     plugin.runtime.close()
+
+
+def test_adopted_checkpoints_are_restorable(tmp_path: Path) -> None:
+    """The manifest names each checkpoint by absolute path: after the move it must point at
+    the new place, or nothing could be listed or restored."""
+    from token_optimizer.runtime import TokenOptimizer
+
+    old_root = tmp_path / "oc" / "token-optimizer"
+    new_root = tmp_path / "hh" / "token-optimizer"
+    rt_old = TokenOptimizer(old_root)
+    assert rt_old.store.capture("h1", [Message("user", "Task: fix the lexer")],
+                                trigger="compact") is not None
+    rt_old.close()
+    assert hermes_home.adopt_legacy_state(old_root, new_root, {"h1"}) == 1
+    rt_new = TokenOptimizer(new_root)
+    files = rt_new.policy.checkpoint_files("h1")
+    assert [f.trigger for f in files] == ["compact"]
+    assert Path(files[0].path).is_relative_to(new_root)
+    text = rt_new.store.restore("h1")
+    assert text is not None and "Task: fix the lexer" in text
+    rt_new.close()

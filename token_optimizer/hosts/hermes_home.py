@@ -26,6 +26,7 @@ from pathlib import Path
 
 from token_optimizer import fsutil, settings
 from token_optimizer.fsutil import sanitize_checkpoint_id
+from token_optimizer.jsutil import dumps_compact, loads
 
 log = logging.getLogger("token_optimizer.hosts.hermes")
 
@@ -91,6 +92,38 @@ def _move(src: Path, dst: Path) -> bool:
         return False
 
 
+def _repoint_manifest(session_dir: Path, old_dir: Path) -> None:
+    """Manifest rows name their checkpoint by absolute path: point them at the new place."""
+    manifest = session_dir / "manifest.jsonl"
+    try:
+        text = fsutil.read_text_no_follow(manifest)
+    except OSError:
+        return
+    old_prefix = os.path.realpath(old_dir) + os.sep
+    old_lexical = str(old_dir) + os.sep
+    out: list[str] = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            row = loads(line)
+        except ValueError:
+            out.append(line)  # kept as it was (readers skip it with one warning)
+            continue
+        f = row.get("file") if isinstance(row, dict) else None
+        if isinstance(f, str):
+            for prefix in (old_prefix, old_lexical):
+                if f.startswith(prefix):
+                    row["file"] = str(session_dir / f[len(prefix):])
+                    break
+            line = dumps_compact(row)
+        out.append(line)
+    try:
+        fsutil.atomic_write(manifest, "\n".join(out) + "\n" if out else "", fsutil.FILE_MODE)
+    except OSError as exc:
+        log.warning("[token-optimizer] could not update %s after the move: %s", manifest, exc)
+
+
 def adopt_legacy_state(old_root: Path, new_root: Path, session_ids: Iterable[str]) -> int:
     """Move Hermes sessions' checkpoints and read-cache files from ``old_root``.
 
@@ -109,6 +142,7 @@ def adopt_legacy_state(old_root: Path, new_root: Path, session_ids: Iterable[str
                 if entry.name in ids and entry.is_dir(follow_symlinks=False) and _move(
                         Path(entry.path), ck_new / entry.name):
                     moved.add(entry.name)
+                    _repoint_manifest(ck_new / entry.name, Path(entry.path))
         rc_old, rc_new = old_root / "read-cache", new_root / "read-cache"
         if rc_old.is_dir() and not rc_old.is_symlink():
             for entry in os.scandir(rc_old):
