@@ -952,3 +952,36 @@ def test_unencodable_tool_path_does_not_break_the_sessions_checkpoints(
     doc = json.loads(state.read_text())
     assert doc["editWriteCount"] >= 3 and doc["editBatchMarkerWrites"] >= 3  # edit-batch taken
     assert doc["editedFiles"] and all("\ufffd" in f for f in doc["editedFiles"])
+
+
+def test_a_turn_converts_only_the_new_part_of_the_history(
+        rt: TokenOptimizer, windows: ContextWindows, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hermes hands over the whole conversation every turn; the cost of a turn must not grow
+    with it (only the messages the ledger has not seen are converted)."""
+    from token_optimizer.hosts import hermes as hmod
+
+    calls = {"n": 0}
+    real = hmod._to_message
+
+    def counting(m: object) -> Any:
+        calls["n"] += 1
+        return real(m)
+
+    monkeypatch.setattr(hmod, "_to_message", counting)
+    plugin = make(rt, windows, tmp_path)
+    ctx = attach(plugin)
+    hist: list[dict[str, Any]] = []
+    for i in range(2500):
+        hist += [{"role": "user", "content": f"question {i}"},
+                 {"role": "assistant", "content": f"answer {i}"}]
+    ctx.invoke("pre_llm_call", **turn_kwargs("S7", "first turn here", hist))
+    first = calls["n"]
+    assert first >= 5000  # the first turn reads everything once
+    calls["n"] = 0
+    hist += [{"role": "user", "content": "first turn here"},
+             {"role": "assistant", "content": "ok"}]
+    ctx.invoke("pre_llm_call", **turn_kwargs("S7", "second turn", hist))
+    assert calls["n"] <= 10, calls["n"]
+    snap = rt.ledger.snapshot("S7")
+    assert snap is not None and snap.run.message_count == 5003  # nothing lost or doubled

@@ -56,7 +56,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import orjson
 
@@ -174,39 +174,82 @@ def _call_args(fn: object) -> Mapping[str, Any] | None:
     return raw if isinstance(raw, Mapping) else None
 
 
-def messages_from_history(history: object) -> list[Message]:
-    """Convert Hermes' ``conversation_history`` into core messages.
+def _to_message(m: object) -> Message | None:
+    """One Hermes message as a core message; ``None`` when it has no text (or is the
+    system prompt).
 
-    Uses each message's own ``content`` (never ``api_content``, which holds
-    the text plugins injected: re-capturing our own injections into
-    checkpoints would snowball). Internal ``_``-prefixed keys are ignored;
-    messages without text are skipped.
+    Uses the message's own ``content`` (never ``api_content``, which holds the text
+    plugins injected: re-capturing our own injections into checkpoints would
+    snowball). Internal ``_``-prefixed keys are ignored.
     """
-    out: list[Message] = []
+    if not isinstance(m, Mapping):
+        return None
+    role = m.get("role")
+    if not isinstance(role, str) or role == "system":
+        return None
+    text = _openai_content_text(m.get("content"))
+    if not text:
+        calls = m.get("tool_calls")
+        if isinstance(calls, Sequence) and calls and not isinstance(calls, str):
+            done = []
+            for c in calls:
+                fn = c.get("function") if isinstance(c, Mapping) else None
+                name = fn.get("name") if isinstance(fn, Mapping) else None
+                if isinstance(name, str):
+                    done.append(f"[tool: {describe_call(name, _call_args(fn))}]")
+            text = "\n".join(done)
+    if not text:
+        return None
+    ts = m.get("timestamp")
+    return Message(role, clean_text(text), ts if isinstance(ts, str) else None)
+
+
+_NO_MESSAGE = Message("", "", None)
+"""Stands in for a history entry without text: the ledger counts only user and
+assistant messages, so it is ignored there."""
+
+
+class HistoryView(Sequence[Message]):
+    """Hermes' ``conversation_history`` as core messages, converted on access.
+
+    The ledger reads only what it has not seen yet (and one message to check the
+    history was not rewritten), so a turn converts O(new messages), not the whole
+    history (which Hermes hands over in full on every turn).
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Sequence[Any]) -> None:
+        self._raw = raw
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @overload
+    def __getitem__(self, i: int) -> Message: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Message]: ...
+
+    def __getitem__(self, i: int | slice) -> Message | Sequence[Message]:
+        if isinstance(i, slice):
+            return [_to_message(m) or _NO_MESSAGE for m in self._raw[i]]
+        return _to_message(self._raw[i]) or _NO_MESSAGE
+
+
+def history_view(history: object) -> HistoryView:
     if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
-        return out
-    for m in history:
-        if not isinstance(m, Mapping):
-            continue
-        role = m.get("role")
-        if not isinstance(role, str) or role == "system":
-            continue
-        text = _openai_content_text(m.get("content"))
-        if not text:
-            calls = m.get("tool_calls")
-            if isinstance(calls, Sequence) and calls and not isinstance(calls, str):
-                done = []
-                for c in calls:
-                    fn = c.get("function") if isinstance(c, Mapping) else None
-                    name = fn.get("name") if isinstance(fn, Mapping) else None
-                    if isinstance(name, str):
-                        done.append(f"[tool: {describe_call(name, _call_args(fn))}]")
-                text = "\n".join(done)
-        if not text:
-            continue
-        ts = m.get("timestamp")
-        out.append(Message(role, clean_text(text), ts if isinstance(ts, str) else None))
-    return out
+        return HistoryView(())
+    return HistoryView(history)
+
+
+def messages_from_history(history: object) -> list[Message]:
+    """Hermes' ``conversation_history`` as core messages, those without text left out."""
+    return [m for m in history_view(history) if m.role]
+
+
+SUMMARY_SCAN = 64
+"""Hermes puts its compaction summary after the protected first messages
+(``protect_first_n``, 3 by default): only the head of a history is searched."""
 
 
 def summary_digest(history: object) -> int:
@@ -220,7 +263,7 @@ def summary_digest(history: object) -> int:
     """
     if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
         return 0
-    for m in history:
+    for m in history[:SUMMARY_SCAN]:
         if not isinstance(m, Mapping):
             continue
         text = _openai_content_text(m.get("content"))
@@ -365,7 +408,7 @@ class HermesPlugin:
                     # once: what Hermes sessions left under the OpenClaw root moves here
                     hermes_home.adopt_legacy_state(
                         fsutil.openclaw_state_dir() / hermes_home.STATE_DIR_NAME, root,
-                        hermes_home.hermes_session_ids(self.state_db.path()))
+                        lambda: hermes_home.hermes_session_ids(self.state_db.path()))
                 core: Core = TokenOptimizer(root, config=self._config(),
                                             active_work=self._active_work)
                 self._runtime = core
@@ -542,7 +585,7 @@ class HermesPlugin:
             ident=self._ident(sid, key),
             prompt=prompt_text,
             is_user_turn=True,
-            messages=messages_from_history(history),
+            messages=history_view(history),
             cwd=session_cwd(),
         ))
         self._apply_actions(out)

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from token_optimizer import fsutil, settings
@@ -124,7 +124,8 @@ def _repoint_manifest(session_dir: Path, old_dir: Path) -> None:
         log.warning("[token-optimizer] could not update %s after the move: %s", manifest, exc)
 
 
-def adopt_legacy_state(old_root: Path, new_root: Path, session_ids: Iterable[str]) -> int:
+def adopt_legacy_state(old_root: Path, new_root: Path,
+                       session_ids: Iterable[str] | Callable[[], Iterable[str]]) -> int:
     """Move Hermes sessions' checkpoints and read-cache files from ``old_root``.
 
     Returns how many sessions moved. Never raises; runs once per new root.
@@ -134,7 +135,9 @@ def adopt_legacy_state(old_root: Path, new_root: Path, session_ids: Iterable[str
             return 0
         if not old_root.is_dir() or old_root.is_symlink():
             return 0
-        ids = {sanitize_checkpoint_id(s) for s in session_ids}
+        # Hermes' ids are read only now: after the first start the marker answers alone.
+        source = session_ids() if callable(session_ids) else session_ids
+        ids = {sanitize_checkpoint_id(s) for s in source}
         moved: set[str] = set()
         ck_old, ck_new = old_root / "checkpoints", new_root / "checkpoints"
         if ck_old.is_dir() and not ck_old.is_symlink():
