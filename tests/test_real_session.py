@@ -349,6 +349,7 @@ def test_session_end_cleans_only_its_own_directory(paths: StatePaths, ws: Path) 
     import os
 
     rt = make_rt(paths, ws)
+    rt._next_sweep_check = float("inf")  # no hourly sweep in this test: only the session end
     old = time.time() - 10 * 86400
     files = {}
     for sid in ("s1", "s2"):
@@ -363,3 +364,28 @@ def test_session_end_cleans_only_its_own_directory(paths: StatePaths, ws: Path) 
     assert files["s2"].exists()  # left for the start-up / hourly sweep
     rt.store.cleanup(7)
     assert not files["s2"].exists()
+
+
+def test_start_up_housekeeping_runs_off_the_hooks_path(paths: StatePaths, ws: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """gateway_start returns at once; the store-wide cleanup runs on the sweep thread."""
+    import threading
+
+    rt = make_rt(paths, ws)
+    release = threading.Event()
+    seen: list[str] = []
+
+    def slow_cleanup(max_age_days: int = 7) -> int:
+        seen.append(threading.current_thread().name)
+        release.wait(5)
+        return 0
+
+    monkeypatch.setattr(rt.store, "cleanup", slow_cleanup)
+    handle(rt, "gateway_start", {}, {})
+    handle(rt, "agent_turn_prepare", {"prompt": "Task: hi"}, ctx(ws=ws))  # not blocked either
+    # both hooks returned while the cleanup is still held: it is not on their path
+    assert not rt.wait_for_sweep(0.05)
+    release.set()
+    assert rt.wait_for_sweep(5)
+    assert seen == ["token-optimizer-sweep"]
+    rt.close()

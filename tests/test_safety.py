@@ -391,6 +391,7 @@ def test_sigkill_during_capture_is_exactly_once(paths: StatePaths) -> None:
     # a fresh process: start-up cleanup, then capture everything still missing
     rt = TokenOptimizer(root, settings=PolicySettings(checkpoint_cooldown_ms=0))
     rt.gateway_start()
+    assert rt.wait_for_sweep()  # start-up housekeeping runs off the hook's path
     for sid in _SIDS:
         triggers, names, tmps = _session_report(paths, sid)
         assert tmps == [], (sid, tmps)
@@ -443,6 +444,7 @@ def test_startup_cleanup_rolls_committed_artifact_forward_and_keeps_live_temps(p
     root_tmp.write_text("{")
     rt = TokenOptimizer(paths.root)
     rt.gateway_start()
+    assert rt.wait_for_sweep()  # start-up housekeeping runs off the hook's path
     assert res.path.read_text() == body  # rolled forward: restorable again
     assert rt.store.restore("s") == body
     for gone in (committed, orphan, state_tmp, old_live, rc_tmp, root_tmp):
@@ -561,6 +563,7 @@ def test_savings_log_pruned_by_age_and_size_at_gateway_start(paths: StatePaths) 
     paths.savings_log.write_text("".join(jsutil.dumps_compact(r) + "\n" for r in rows) + "torn{")
     rt = TokenOptimizer(paths.root)
     rt.gateway_start()
+    assert rt.wait_for_sweep()  # start-up housekeeping runs off the hook's path
     kept = [json.loads(x) for x in paths.savings_log.read_text().splitlines()]
     assert [r["event_type"] for r in kept] == ["kept"]
     assert paths.savings_log.read_text() == jsutil.dumps_compact(rows[1]) + "\n"  # byte-identical rows
@@ -585,7 +588,9 @@ def test_checkpoint_events_and_compression_logs_are_bounded(paths: StatePaths) -
     paths.compression_log.write_text(json.dumps({"timestamp": _iso_days_ago(95), "feature": "x"}) + "\n")
     for _ in range(50):
         tel.log_compression_event("delta_read", "s", "d" * 150, "a b c", "a")
-    TokenOptimizer(paths.root).gateway_start()
+    rt0 = TokenOptimizer(paths.root)
+    rt0.gateway_start()
+    assert rt0.wait_for_sweep()
     assert [json.loads(x)["trigger"] for x in ev.read_text().splitlines()] == ["compact"]
     assert policy.telemetry_summary(365)["totalEvents"] == 1
     assert len(tel.read_recent_events(365)) == 50

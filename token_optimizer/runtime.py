@@ -243,30 +243,45 @@ class TokenOptimizer:
             return HookOutcome(result=result, actions=list(col.actions))
 
     def _maybe_prune(self) -> None:
-        """At most once a minute, hand the hourly sweep (index prune, checkpoint ageing)
-        to a background thread: its cost grows with what is on disk, so it never runs
-        on a hook's path."""
+        """At most once a minute, hand the hourly sweep (index prune, checkpoint ageing,
+        log pruning) to a background thread: its cost grows with what is on disk, so it
+        never runs on a hook's path."""
         now = time.monotonic()
         if now < self._next_sweep_check:
             return
         self._next_sweep_check = now + SWEEP_CHECK_S
+        self._start_sweep()
+
+    def _start_sweep(self, *, startup: bool = False) -> bool:
+        """Run :meth:`_sweep` on a daemon thread unless one is running."""
         if not self._sweep_lock.acquire(blocking=False):
-            return  # one still running
+            return False
         try:
-            threading.Thread(target=self._sweep, name="token-optimizer-sweep",
-                             daemon=True).start()
+            threading.Thread(target=self._sweep, kwargs={"startup": startup},
+                             name="token-optimizer-sweep", daemon=True).start()
         except Exception:
             self._sweep_lock.release()
             raise
+        return True
 
-    def _sweep(self) -> None:
+    def _sweep(self, *, startup: bool = False) -> None:
         try:
+            if startup:
+                # what killed writers left behind (temp files)
+                self.telemetry.remove_stale_temps()
+                self.read_cache.remove_stale_temps()
             removed = self.index.maybe_prune(self.config.session_store_max_age_days)
-            if removed is not None:
+            if removed is not None or startup:  # hourly: age out and bound the rest
                 n = self.store.cleanup(CLEANUP_MAX_AGE_DAYS)
                 if n > 0:
                     log.info(PREFIX + f"removed {n} checkpoint files older than "
                              f"{CLEANUP_MAX_AGE_DAYS} days")
+                d = self.telemetry.prune_old_events(TELEMETRY_MAX_AGE_DAYS)
+                if d > 0:
+                    log.info(PREFIX + f"pruned {d} compression telemetry events older than "
+                             f"{TELEMETRY_MAX_AGE_DAYS} days")
+                self.telemetry.prune_savings_events(TELEMETRY_MAX_AGE_DAYS)
+                self.policy.prune_events(TELEMETRY_MAX_AGE_DAYS)
             if removed:
                 log.info(PREFIX + f"session index pruned {removed} entries older than "
                          f"{self.config.session_store_max_age_days} days")
@@ -420,18 +435,8 @@ class TokenOptimizer:
     def gateway_start(self) -> HookOutcome:
         def body() -> None:
             self._log("info", "gateway started; token optimizer ready")
-            n = self.store.cleanup(CLEANUP_MAX_AGE_DAYS)
-            if n > 0:
-                self._log("info", f"removed {n} checkpoint files older than "
-                                  f"{CLEANUP_MAX_AGE_DAYS} days")
-            d = self.telemetry.prune_old_events(TELEMETRY_MAX_AGE_DAYS)
-            if d > 0:
-                self._log("info", f"pruned {d} compression telemetry events older than "
-                                  f"{TELEMETRY_MAX_AGE_DAYS} days")
-            self.telemetry.prune_savings_events(TELEMETRY_MAX_AGE_DAYS)
-            self.policy.prune_events(TELEMETRY_MAX_AGE_DAYS)
-            self.telemetry.remove_stale_temps()
-            self.read_cache.remove_stale_temps()
+            # start-up housekeeping grows with what is on disk: off the hook's path
+            self._start_sweep(startup=True)
         return self._run("gateway_start", body)
 
     def gateway_stop(self) -> HookOutcome:
@@ -940,8 +945,11 @@ class TokenOptimizer:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.wait_for_sweep(5.0)
+            if not self.wait_for_sweep(30.0):
+                log.warning(PREFIX + "closing while a background sweep still runs")
             self.index.close()
+        with contextlib.suppress(Exception):
+            self.continuity.index.close()
 
 
 def restore_injection(store: CheckpointStore, session_id: str, *, prefer: str | None = None,
