@@ -219,7 +219,30 @@ def test_tool_call_blocks_render_as_what_they_did() -> None:
 # ------------------------------------------------------------------ cooldowns and milestones
 
 
-def test_band_crossed_during_a_cooldown_fires_once_when_it_ends(paths: StatePaths, ws: Path) -> None:
+class FakeClock:
+    """The policy's clock (``jsutil.now_ms``), moved by hand: cooldowns without sleeping."""
+
+    def __init__(self) -> None:
+        self.t = time.time() * 1000  # now: file ages (the 7-day cleanup) stay real
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, ms: float) -> None:
+        self.t += ms
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    from token_optimizer import jsutil
+
+    c = FakeClock()
+    monkeypatch.setattr(jsutil, "now_ms", c)
+    return c
+
+
+def test_band_crossed_during_a_cooldown_fires_once_when_it_ends(paths: StatePaths, ws: Path,
+                                                               clock: FakeClock) -> None:
     rt = make_rt(paths, ws, cooldown_ms=300, eval_cooldown_ms=100)
     c = ctx(ws=ws)
     turn(rt, "Task: start", c)
@@ -229,10 +252,10 @@ def test_band_crossed_during_a_cooldown_fires_once_when_it_ends(paths: StatePath
     handle(rt, "llm_output", run_output([15_000]), c)     # 37.5 %: inside the cooldown
     turn(rt, "go on", c)
     assert triggers(paths) == ["progressive-20"]        # held back, not dropped
-    time.sleep(0.35)
+    clock.advance(350)
     tool(rt, "read", {"path": "src/util.py"}, c)        # any later event of the session
     assert triggers(paths) == ["progressive-20", "progressive-35"]
-    time.sleep(0.35)
+    clock.advance(350)
     tool(rt, "read", {"path": "src/retry.py"}, c)
     assert triggers(paths).count("progressive-35") == 1
 
@@ -263,7 +286,8 @@ def test_pre_fanout_in_a_first_run_without_usage_is_captured(paths: StatePaths, 
     assert "> Fill:" not in text  # nothing known yet, nothing made up
 
 
-def test_edit_batch_earned_during_a_cooldown_is_not_lost(paths: StatePaths, ws: Path) -> None:
+def test_edit_batch_earned_during_a_cooldown_is_not_lost(paths: StatePaths, ws: Path,
+                                                         clock: FakeClock) -> None:
     rt = make_rt(paths, ws, cooldown_ms=300, eval_cooldown_ms=0)
     c = ctx(ws=ws)
     turn(rt, "Task: edit things", c)
@@ -271,7 +295,7 @@ def test_edit_batch_earned_during_a_cooldown_is_not_lost(paths: StatePaths, ws: 
     for f in ("a.py", "b.py", "c.py", "a.py", "b.py"):
         tool(rt, "edit", {"path": f"src/{f}"}, c)
     assert "milestone-edit-batch" not in triggers(paths)
-    time.sleep(0.35)
+    clock.advance(350)
     handle(rt, "llm_output", run_output([5_000]), c)
     assert triggers(paths).count("milestone-edit-batch") == 1
     st = json.loads((paths.checkpoints / "s1" / "policy-state.json").read_text())
