@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from token_optimizer import __version__
 from token_optimizer.hosts.openclaw import core_config
 
 
@@ -101,7 +102,8 @@ def test_ready_and_ping(worker: WorkerProc) -> None:
 
 
 def test_hook_round_trip_keeps_id(worker: WorkerProc) -> None:
-    worker.send({"type": "init", "config": {"sessionStoreMaxAgeDays": 7, "pythonPath": "x"}})
+    worker.send({"type": "init", "config": {"sessionStoreMaxAgeDays": 7, "pythonPath": "x"},
+                 "shimVersion": __version__})
     r = worker.call({"id": 41, "hook": "before_tool_call",
                      "event": {"toolName": "read", "params": {"path": "/nonexistent/a.txt"}}, "ctx": CTX})
     assert r["id"] == 41
@@ -295,12 +297,29 @@ def test_worker_refuses_plugin_files_of_another_version(caplog: pytest.LogCaptur
 
     out = io.BytesIO()
     w = Worker(out)
-    with caplog.at_level(logging.ERROR, logger="token_optimizer"):
+    with caplog.at_level(logging.DEBUG, logger="token_optimizer"):
         w.handle_line(b'{"id":1,"type":"init","config":{},"shimVersion":"0.0.9"}')
         w.handle_line(b'{"id":2,"hook":"agent_turn_prepare","event":{"prompt":"hi"},'
                       b'"ctx":{"sessionId":"s"}}')
+    w.handle_line(b'{"id":3,"hook":"before_tool_call","event":{"toolName":"read"},'
+                  b'"ctx":{"sessionId":"s"}}')
     replies = [json.loads(x) for x in out.getvalue().splitlines()]
     assert replies[0]["result"]["ok"] is False and "0.0.9" in replies[0]["result"]["error"]
+    assert replies[2]["id"] == 3 and "error" in replies[2]
     assert replies[1]["id"] == 2 and "error" in replies[1] and "install" in replies[1]["error"]
     assert w.runtime is None
     assert sum("0.0.9" in r.getMessage() for r in caplog.records) == 1
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING and "0.0.9" not in
+            r.getMessage()] == []  # one line in all, not one per hook
+
+
+def test_plugin_files_from_before_the_handshake_are_refused_too() -> None:
+    import io
+
+    from token_optimizer.hosts.openclaw import Worker
+
+    out = io.BytesIO()
+    w = Worker(out)
+    w.handle_line(b'{"id":1,"type":"init","config":{}}')
+    reply = json.loads(out.getvalue().splitlines()[0])
+    assert reply["result"]["ok"] is False and "older release" in reply["result"]["error"]

@@ -121,6 +121,8 @@ class Worker:
         self.errors = 0
         self.started_at = time.time()
         self.trace_path = trace_path
+        self.refused = False
+        """The plugin files are of another version: hooks are answered with errors."""
 
     # ------------------------------------------------------------ output
     def send(self, obj: dict[str, Any]) -> None:
@@ -200,13 +202,16 @@ class Worker:
         if self.runtime is not None:
             log.warning("[token-optimizer] init after the first hook: config applies from the next start")
         shim = msg.get("shimVersion")
-        if isinstance(shim, str) and shim != __version__:
-            # A copied plugin directory left behind by an upgrade: refuse rather than
-            # run hooks against a protocol the files may not speak.
+        if shim != __version__:
+            # A copied plugin directory left behind by an upgrade (files from before the
+            # version handshake send none): refuse rather than run hooks against a
+            # protocol the files may not speak. Said once; later hooks fail open quietly.
+            what = f"version {shim}" if isinstance(shim, str) else "from an older release"
             self.runtime_error = (
-                f"the OpenClaw plugin files are version {shim} but the Python package is "
+                f"the OpenClaw plugin files are {what} but the Python package is "
                 f"{__version__}; run `token-optimizer openclaw install` again and restart "
                 "the gateway (hooks stay off until then)")
+            self.refused = True
             log.error("[token-optimizer] %s", self.runtime_error)
             self.reply(req_id, {"ok": False, "error": self.runtime_error})
             return
@@ -224,6 +229,10 @@ class Worker:
             return
         if ctx is not None and not isinstance(ctx, dict):
             self.error(req_id, "ctx must be an object or null")
+            return
+        if self.refused:
+            if req_id is not None:  # the shim fails open; the reason was logged once
+                self.send({"id": req_id, "error": self.runtime_error})
             return
         try:
             rt = self.get_runtime()
