@@ -155,8 +155,9 @@ def _encodable(name: str) -> bool:
 class CheckpointIndex:
     """Process-shared, self-healing index of checkpoint manifests (see the module docstring)."""
 
-    def __init__(self, paths: StatePaths) -> None:
+    def __init__(self, paths: StatePaths, *, busy_timeout_s: float = 5.0) -> None:
         self.paths = paths
+        self.busy_timeout_s = float(busy_timeout_s)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._db_root: Path | None = None
@@ -220,7 +221,8 @@ class CheckpointIndex:
         return conn
 
     def _connect(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, timeout=5.0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
         try:
             if target != ":memory:":
                 with contextlib.suppress(OSError):

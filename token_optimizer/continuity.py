@@ -646,6 +646,9 @@ def build_resume_lean_block(
 # ---------------------------------------------------------------- the engine
 
 
+HOOK_BUSY_TIMEOUT_S = 1.0
+"""A first turn waits at most this long for another process's index write."""
+
 TOKEN_CACHE_CAP = 256
 """Checkpoints whose text and tokens are remembered (a search reads at most 50)."""
 
@@ -693,7 +696,7 @@ class Continuity:
         self.resume_topic_bar: float = s.resume_topic_bar
         self.home: str = str(default_home())
         # Every session's manifest rows, indexed in SQLite (checkpoint_index.py).
-        self.index = CheckpointIndex(paths)
+        self.index = CheckpointIndex(paths, busy_timeout_s=HOOK_BUSY_TIMEOUT_S)
         # Checkpoint text and topic tokens by path (artifacts are written once).
         self._token_cache: BoundedMap[
             str, tuple[tuple[int, int, int], str, set[str]]

@@ -153,8 +153,10 @@ class TokenOptimizer:
         self.continuity = Continuity(self.paths, log_savings=self._log_estimated_saving,
                                      settings=ContinuitySettings.resolve(sources))
         self.heartbeat = Heartbeat(self.paths, host if host is not None else self.config.host)
+        # hooks write the index: a short busy wait (another process's transaction), the
+        # write is retried on a later hook
         self.index = SessionIndex(self.paths, active_work=active_work,
-                                  pending_restore=self.has_pending_restore)
+                                  pending_restore=self.has_pending_restore, busy_timeout_s=1.0)
         # Per-session collections (runtime.md §1.5), all bounded.
         self.continuity_injected: BoundedSet[str] = BoundedSet("continuity_injected")
         self.nudge_fired: BoundedSet[str] = BoundedSet("fresh_nudge_fired")

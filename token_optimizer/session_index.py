@@ -469,8 +469,12 @@ class SessionIndex:
         pending_restore: KeyCallback | None = None,
         clock: Callable[[], float] = time.time,
         files: Sequence[SessionFiles] | None = None,
+        busy_timeout_s: float = 10.0,
     ) -> None:
         self.paths = paths
+        self.busy_timeout_s = float(busy_timeout_s)
+        """How long a write waits for another process's transaction (a hook passes a
+        short one: it must never stall the host; a failed write is retried later)."""
         self.files: tuple[SessionFiles, ...] = tuple(files) if files is not None else (
             default_session_files(paths))
         """The stores' per-session files (each store names and removes its own)."""
@@ -542,9 +546,9 @@ class SessionIndex:
                 return False
         return True
 
-    @staticmethod
-    def _connect(target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, timeout=10.0, isolation_level=None, check_same_thread=False)
+    def _connect(self, target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
         try:
             if target != ":memory:":
                 with contextlib.suppress(OSError):
