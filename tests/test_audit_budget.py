@@ -13,20 +13,22 @@ import orjson
 import pytest
 from audit_stores import HermesStore, OpenClawStore, assistant_event, user_event
 
-from token_optimizer.audit import budget
+from token_optimizer import settings
 from token_optimizer.audit.budget import BudgetLimits, budget_limits, budget_line
 from token_optimizer.cli import main
 from token_optimizer.commands.audit import EXIT_FINDINGS, EXIT_OVER_BUDGET
 
 T0 = 1_780_000_000_000
+ENV_DAILY = "TOKEN_OPTIMIZER_BUDGET_DAILY_USD"
+ENV_MONTHLY = "TOKEN_OPTIMIZER_BUDGET_MONTHLY_USD"
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(budget.ENV_DAILY, raising=False)
-    monkeypatch.delenv(budget.ENV_MONTHLY, raising=False)
+    monkeypatch.delenv(ENV_DAILY, raising=False)
+    monkeypatch.delenv(ENV_MONTHLY, raising=False)
     monkeypatch.setenv("TOKEN_OPTIMIZER_HOME", str(tmp_path / "state"))
-    budget._resolve.cache_clear()
+    settings.reset_warnings()
 
 
 @pytest.fixture
@@ -110,21 +112,26 @@ def test_audit_without_store_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_limits_from_env_and_plugin_config() -> None:
     lim = budget_limits({"budgetDailyUsd": 5, "budget_monthly_usd": "100"}, env={})
     assert lim == BudgetLimits(5.0, 100.0, "budgetDailyUsd", "budget_monthly_usd")
-    lim = budget_limits({"budgetDailyUsd": 5}, env={budget.ENV_DAILY: "2.5"})
-    assert lim.daily_usd == 2.5 and lim.daily_source == budget.ENV_DAILY
-    assert budget_limits(None, env={budget.ENV_DAILY: " "}).daily_usd is None
+    lim = budget_limits({"budgetDailyUsd": 5}, env={ENV_DAILY: "2.5"})
+    assert lim.daily_usd == 2.5 and lim.daily_source == ENV_DAILY
+    assert budget_limits(None, env={ENV_DAILY: " "}).daily_usd is None
 
 
-@pytest.mark.parametrize("bad", ["abc", "-1", "0", "nan", "inf"])
-def test_bad_env_value_warns_once_and_falls_back(bad: str,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("bad", ["abc", "-1", "nan", "inf", "5$"])
+def test_bad_env_value_warns_once_and_means_no_limit(bad: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Like every setting (token_optimizer.settings): a rejected value gives the default."""
     with caplog.at_level(logging.WARNING, logger="token_optimizer"):
         for _ in range(3):
-            lim = budget_limits({"budgetDailyUsd": 7}, env={budget.ENV_DAILY: bad})
-    assert lim.daily_usd == 7.0
+            lim = budget_limits({"budgetDailyUsd": 7}, env={ENV_DAILY: bad})
+    assert lim.daily_usd is None
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1
-    assert budget.ENV_DAILY in msgs[0] and repr(bad) in msgs[0] and "using 7" in msgs[0]
+    assert ENV_DAILY in msgs[0] and repr(bad) in msgs[0] and "using None" in msgs[0]
+
+
+def test_a_zero_limit_is_a_limit() -> None:
+    assert budget_limits(None, env={ENV_DAILY: "0"}).daily_usd == 0.0
 
 
 def test_bad_config_value_warns_and_means_no_limit(caplog: pytest.LogCaptureFixture) -> None:
@@ -132,14 +139,14 @@ def test_bad_config_value_warns_and_means_no_limit(caplog: pytest.LogCaptureFixt
         lim = budget_limits({"budgetMonthlyUsd": [1]}, env={})
     assert lim.monthly_usd is None
     (msg,) = [r.getMessage() for r in caplog.records]
-    assert "budgetMonthlyUsd" in msg and "[1]" in msg and "no limit" in msg
+    assert "budgetMonthlyUsd" in msg and "[1]" in msg and "using None" in msg
 
 
 def test_budget_line() -> None:
-    lim = BudgetLimits(2.0, 50.0, budget.ENV_DAILY, budget.ENV_MONTHLY)
+    lim = BudgetLimits(2.0, 50.0, ENV_DAILY, ENV_MONTHLY)
     assert budget_line(1.5, limits=lim) is None
     line = budget_line(2.5, limits=lim)
-    assert line is not None and "$2.50" in line and "$2.00" in line and budget.ENV_DAILY in line
+    assert line is not None and "$2.50" in line and "$2.00" in line and ENV_DAILY in line
     assert "\n" not in line
     over_month = budget_line(1.0, limits=lim, day_spent_usd=0.5, month_spent_usd=49.5)
     assert over_month is not None and "monthly" in over_month and "$50.50" in over_month
@@ -149,7 +156,7 @@ def test_budget_line() -> None:
 
 
 def test_budget_line_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(budget.ENV_DAILY, "1")
+    monkeypatch.setenv(ENV_DAILY, "1")
     assert budget_line(1.01) is not None
     assert budget_line(0.99) is None
 
@@ -181,14 +188,14 @@ def spent_today(tmp_path: Path) -> list[str]:
 def test_budget_check_exits_non_zero_when_exceeded(
         spent_today: list[str], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(budget.ENV_DAILY, "2")
+    monkeypatch.setenv(ENV_DAILY, "2")
     rep = json.loads(run(capsys, ["budget", "--check", "--json", *spent_today], EXIT_OVER_BUDGET))
     daily = rep["periods"][0]
     assert daily["period"] == "daily" and daily["spentUsd"] == pytest.approx(3.0)
-    assert daily["exceeded"] and daily["limitSource"] == budget.ENV_DAILY
+    assert daily["exceeded"] and daily["limitSource"] == ENV_DAILY
     assert rep["periods"][1]["limitUsd"] is None and rep["exceeded"]
     run(capsys, ["budget", *spent_today])  # without --check: informational, exit 0
-    monkeypatch.setenv(budget.ENV_DAILY, "5")
+    monkeypatch.setenv(ENV_DAILY, "5")
     run(capsys, ["budget", "--check", *spent_today])
 
 
@@ -209,4 +216,4 @@ def test_budget_limits_from_the_openclaw_plugin_config(
 def test_budget_without_limits_says_so(spent_today: list[str],
                                        capsys: pytest.CaptureFixture[str]) -> None:
     out = run(capsys, ["budget", "--check", *spent_today])
-    assert "No budget set" in out and budget.ENV_DAILY in out
+    assert "No budget set" in out and ENV_DAILY in out

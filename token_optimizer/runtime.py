@@ -35,6 +35,7 @@ from token_optimizer.continuity import (
     TRUST_MARKER,
     Continuity,
     ContinuitySettings,
+    neutralize_recovered_body,
 )
 from token_optimizer.events import (
     Action,
@@ -183,6 +184,7 @@ class TokenOptimizer:
         Not released at session end: a late acknowledgement still earns its credit."""
         self._tls = threading.local()
         self._sweep_lock = threading.Lock()
+        self._budget_limits: Any = None  # audit.budget.BudgetLimits, read on first use
         self._next_sweep_check = 0.0
 
     # ------------------------------------------------------------ plumbing
@@ -570,10 +572,15 @@ class TokenOptimizer:
 
     def _budget(self, sid: str, ctx: _EventContext | None, out: list[str]) -> None:
         """One line, once per session, when its cost is over a configured budget."""
-        from token_optimizer.audit.budget import budget_line  # light: no reader, no sqlite
+        from token_optimizer.audit.budget import budget_line, limits_from  # light: no reader
 
+        if self._budget_limits is None:
+            self._budget_limits = limits_from(self.config.settings_sources())
+        if not self._budget_limits.any:
+            return
         snap = self.ledger.snapshot(sid)
-        line = budget_line(snap.run.cost_usd if snap is not None else None)
+        line = budget_line(snap.run.cost_usd if snap is not None else None,
+                           limits=self._budget_limits)
         if line:
             self.budget_fired.add(sid)
             out.append(line)
@@ -974,7 +981,8 @@ def restore_injection(store: CheckpointStore, session_id: str, *, prefer: str | 
         text = store.restore(prev)
     if text is None:
         return None
-    return f"{RESTORE_HEADER}\n\n{text}"
+    # as for continuity hints: forged sentinels and role-prefix lines are defused
+    return f"{RESTORE_HEADER}\n\n{neutralize_recovered_body(text)}"
 
 
 def _find_legacy_transcript(openclaw_dir: Path, agent_id: str | None, session_id: str) -> Path | None:

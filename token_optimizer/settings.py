@@ -273,11 +273,13 @@ PRICING_AS_OF = _s("TOKEN_OPTIMIZER_PRICING_AS_OF", "pricingAsOf", "date", None,
                    "the date prices are chosen for (default: today); pins the Sonnet card",
                    parse_date)
 BUDGET_DAILY_USD = _s("TOKEN_OPTIMIZER_BUDGET_DAILY_USD", "budgetDailyUsd", "float", None,
-                      "USD >= 0", "daily spend limit the `budget`/`audit` commands check "
-                      "(default: none)", float_parser(0.0), scope="cli")
+                      "USD >= 0", "daily spend limit: `budget --check`, and one line in a session "
+                      "over it (default: none)", float_parser(0.0),
+                      alias="budget_daily_usd")
 BUDGET_MONTHLY_USD = _s("TOKEN_OPTIMIZER_BUDGET_MONTHLY_USD", "budgetMonthlyUsd", "float", None,
-                        "USD >= 0", "monthly spend limit the `budget`/`audit` commands check "
-                        "(default: none)", float_parser(0.0), scope="cli")
+                        "USD >= 0", "monthly spend limit: `budget --check`, and one line in a "
+                        "session over it (default: none)", float_parser(0.0),
+                        alias="budget_monthly_usd")
 LOG_LEVEL = _s("TOKEN_OPTIMIZER_LOG_LEVEL", None, "choice", "INFO",
                "DEBUG, INFO, WARNING or ERROR (case-insensitive)",
                "log level of the OpenClaw worker (its stderr, which the gateway logs)",

@@ -4,34 +4,25 @@ This module is safe for the hook path: it imports nothing else from
 :mod:`token_optimizer.audit` (no readers, no SQLite), reads only the
 environment and a plugin-config mapping, and never raises.
 
-Settings (until the shared settings module exists):
-
-* ``TOKEN_OPTIMIZER_BUDGET_DAILY_USD`` / ``TOKEN_OPTIMIZER_BUDGET_MONTHLY_USD``
-  (environment, wins when set and non-empty);
-* ``budgetDailyUsd`` / ``budgetMonthlyUsd`` (or ``budget_daily_usd`` /
-  ``budget_monthly_usd``) in the plugin config.
-
-A limit must be a finite number above 0. Anything else is rejected with one
-warning naming the setting, the value given and the value used (the plugin
-config's value when the environment's is bad, else no limit).
+The limits are the settings ``TOKEN_OPTIMIZER_BUDGET_DAILY_USD`` /
+``TOKEN_OPTIMIZER_BUDGET_MONTHLY_USD`` (environment) or ``budgetDailyUsd`` /
+``budgetMonthlyUsd`` (plugin config), declared and parsed in
+:mod:`token_optimizer.settings` like every other setting: the environment wins, a
+bad value gets one warning and means no limit, and a limit is a number >= 0.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
+
+from token_optimizer import settings
 
 log = logging.getLogger("token_optimizer")
 
-ENV_DAILY = "TOKEN_OPTIMIZER_BUDGET_DAILY_USD"
-ENV_MONTHLY = "TOKEN_OPTIMIZER_BUDGET_MONTHLY_USD"
-CONFIG_DAILY = ("budget_daily_usd", "budgetDailyUsd")
-CONFIG_MONTHLY = ("budget_monthly_usd", "budgetMonthlyUsd")
 
 
 @dataclass(frozen=True)
@@ -47,67 +38,31 @@ class BudgetLimits:
         return self.daily_usd is not None or self.monthly_usd is not None
 
 
-def _parse(raw: object) -> float | None:
-    if isinstance(raw, bool):
+def _named(r: settings.Resolved, plugin: Mapping[str, Any] | None) -> str | None:
+    """The name of what set a limit: the variable, or the config key used."""
+    if r.value is None:
         return None
-    if isinstance(raw, (int, float)):
-        x = float(raw)
-    elif isinstance(raw, str):
-        try:
-            x = float(raw.strip().lstrip("$"))
-        except ValueError:
-            return None
-    else:
-        return None
-    return x if math.isfinite(x) and x > 0 else None
+    s = r.setting
+    if r.source == settings.SOURCE_ENV:
+        return s.env
+    if plugin is not None and s.alias is not None and plugin.get(s.alias) is not None:
+        return s.alias
+    return s.key
 
 
-def _fmt_used(v: float | None) -> str:
-    return "no limit" if v is None else f"{v:g}"
-
-
-@lru_cache(maxsize=64)
-def _resolve(env_name: str, env_raw: str | None, cfg_name: str | None,
-             cfg_raw: Any) -> tuple[float | None, str | None]:
-    """Memoised on the raw inputs, so each bad value is warned about once per process."""
-    value: float | None = None
-    source: str | None = None
-    if cfg_name is not None:
-        value = _parse(cfg_raw)
-        if value is None:
-            log.warning("[token-optimizer] %s: %r is not a positive number of USD; using no limit",
-                        cfg_name, cfg_raw)
-        else:
-            source = cfg_name
-    if env_raw is not None and env_raw.strip() != "":
-        env_value = _parse(env_raw)
-        if env_value is None:
-            log.warning("[token-optimizer] %s: %r is not a positive number of USD; using %s",
-                        env_name, env_raw, _fmt_used(value))
-        else:
-            value, source = env_value, env_name
-    return value, source
-
-
-def _config_value(cfg: Mapping[str, Any] | None, keys: tuple[str, ...]) -> tuple[str | None, Any]:
-    if not isinstance(cfg, Mapping):
-        return None, None
-    for k in keys:  # snake_case first, like Config.from_dict
-        if k in cfg and cfg[k] is not None:
-            v = cfg[k]
-            return k, v if isinstance(v, (str, int, float, bool)) else repr(v)
-    return None, None
+def limits_from(sources: settings.Sources) -> BudgetLimits:
+    """The limits as the settings module resolves them (environment over plugin config;
+    a bad value warns once and means no limit; 0 is a limit of $0)."""
+    daily = sources.get(settings.BUDGET_DAILY_USD)
+    monthly = sources.get(settings.BUDGET_MONTHLY_USD)
+    return BudgetLimits(daily.value, monthly.value, _named(daily, sources.plugin),
+                        _named(monthly, sources.plugin))
 
 
 def budget_limits(plugin_config: Mapping[str, Any] | None = None,
                   env: Mapping[str, str] | None = None) -> BudgetLimits:
     """The daily and monthly limits (``None`` = no limit); the environment wins when set."""
-    e = os.environ if env is None else env
-    dname, draw = _config_value(plugin_config, CONFIG_DAILY)
-    mname, mraw = _config_value(plugin_config, CONFIG_MONTHLY)
-    daily, dsrc = _resolve(ENV_DAILY, e.get(ENV_DAILY), dname, draw)
-    monthly, msrc = _resolve(ENV_MONTHLY, e.get(ENV_MONTHLY), mname, mraw)
-    return BudgetLimits(daily, monthly, dsrc, msrc)
+    return limits_from(settings.Sources.current(plugin_config, env=env))
 
 
 def budget_line(session_cost_usd: float | None, *, limits: BudgetLimits | None = None,
@@ -146,4 +101,4 @@ def budget_line(session_cost_usd: float | None, *, limits: BudgetLimits | None =
         return None
 
 
-__all__ = ["ENV_DAILY", "ENV_MONTHLY", "BudgetLimits", "budget_limits", "budget_line"]
+__all__ = ["BudgetLimits", "budget_limits", "budget_line", "limits_from"]
