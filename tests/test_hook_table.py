@@ -29,11 +29,33 @@ def test_openclaw_translation_covers_every_openclaw_hook_and_nothing_else() -> N
     assert "before_agent_start" not in openclaw_events.TS_HOOK_NAMES  # not a 2026.9.6 hook
 
 
-def test_hermes_registers_exactly_the_tables_hermes_hooks() -> None:
-    assert tuple(hermes.HOOKS) == hooks.HERMES_HOOKS
-    assert "on_session_end" not in hermes.HOOKS  # fires every turn on 0.19.0
-    for name in hermes.HOOKS:
-        assert callable(getattr(hermes.HermesPlugin, name)), name
+def test_hermes_registers_exactly_the_tables_hermes_hooks(tmp_path: Path) -> None:
+    """What a Hermes PluginContext really receives from attach(), against the table."""
+
+    class RecordingCtx:
+        def __init__(self) -> None:
+            self.hooks: list[str] = []
+            self.commands: list[str] = []
+
+        def register_hook(self, name: str, cb: object) -> None:
+            assert callable(cb)
+            self.hooks.append(name)
+
+        def register_command(self, name: str, handler: object, **kw: object) -> None:
+            self.commands.append(name)
+
+    from token_optimizer.hosts.hermes_support import BackgroundWorker, StateDb
+
+    plugin = hermes.HermesPlugin(object(), hermes_config=lambda: {},  # type: ignore[arg-type]
+                                 state_db=StateDb(tmp_path / "none.db"),
+                                 worker=BackgroundWorker())
+    plugin._registered = True  # no start-up housekeeping for this stand-in core
+    ctx = RecordingCtx()
+    plugin.attach(ctx)
+    assert sorted(ctx.hooks) == sorted(hooks.HERMES_HOOKS)
+    assert len(ctx.hooks) == len(set(ctx.hooks))
+    assert "on_session_end" not in ctx.hooks  # fires every turn on 0.19.0
+    assert ctx.commands == ["token-optimizer"]
 
 
 def test_every_row_names_a_real_core_entry() -> None:

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from token_optimizer.jsutil import parse_iso_ms
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realhost.oc_host import Host, HostUnavailable, ensure_openclaw
 from realhost.procs import wait_for
@@ -265,6 +267,21 @@ def test_every_band_crossed_is_captured_exactly_once(run: Run) -> None:
     assert want == SCENARIO["bands"], f"the scenario must cross every band (peak {peak:.1f}%)"
     counts = {b: triggers.count(f"progressive-{b}") for b in want}
     assert all(c == 1 for c in counts.values()), f"band -> captures {counts}; manifest {triggers}{run.diag()}"
+    # ... including one crossed while the checkpoint cooldown ran: two bands crossed by one
+    # model call can't both be taken at once, so the second was held back and taken later
+    crossed: dict[int, float] = {}
+    for r in run.trace("llm_output", SID1):
+        u = r.get("lastAssistantUsage") or {}
+        fill = sum(int(u.get(k) or 0) for k in ("input", "cacheRead", "cacheWrite")) / BUDGET * 100
+        for b in want:
+            if fill >= b:
+                crossed.setdefault(b, float(r["t"]))
+    taken = {int(m["trigger"].split("-")[1]): parse_iso_ms(m["createdAt"])
+             for m in run.manifest(SID1) if m["trigger"].startswith("progressive-")}
+    cooldown = SCENARIO["cooldowns_ms"]["checkpoint"]
+    together = [(a, b) for a in want for b in want if a < b and crossed.get(a) == crossed.get(b)]
+    assert together, f"no two bands crossed by one call: {crossed}"
+    assert any(abs(taken[a] - taken[b]) >= cooldown * 0.9 for a, b in together), (crossed, taken)
 
 
 def test_edit_batch_and_pre_fanout_fire(run: Run) -> None:
