@@ -902,3 +902,16 @@ def test_sigkill_during_write_through_loses_nothing(paths: StatePaths) -> None:
     # orphaned temp files prove that kills landed inside atomic writes
     assert [f for f in all_files(paths.checkpoints) if f.name.endswith(".tmp")]
     assert time.monotonic() - t_start < 60
+
+
+def test_edited_files_are_capped_oldest_first(paths: StatePaths) -> None:
+    """COMPAT D41: a session writing thousands of files keeps a bounded policy state."""
+    from token_optimizer.policy import EDITED_FILES_CAP
+
+    policy = make(paths)
+    for i in range(EDITED_FILES_CAP + 250):
+        policy.register_write_event("s", f"/ws/f{i}.py")
+    st = policy.get_state("s")
+    assert len(st.edited_files) == EDITED_FILES_CAP
+    assert "/ws/f0.py" not in st.edited_files and f"/ws/f{EDITED_FILES_CAP + 249}.py" in st.edited_files
+    assert st.edit_write_count == EDITED_FILES_CAP + 250
