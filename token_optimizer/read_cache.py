@@ -64,6 +64,8 @@ log = logging.getLogger("token_optimizer.read_cache")
 
 MAX_CACHE_ENTRIES = 500
 MAX_CONTEXTIGNORE_PATTERNS = 200
+CONTEXTIGNORE_CACHE_ENTRIES = 32
+"""Workspaces whose compiled ``.contextignore`` patterns are kept (LRU)."""
 DELTA_CACHE_MAX_BYTES = 51_200
 DELTA_CACHE_MAX_ENTRIES = 100
 MTIME_TOLERANCE_S = 0.001
@@ -212,7 +214,9 @@ class ReadCache:
         self._cwd = cwd
         self.telemetry = telemetry if telemetry is not None else Telemetry(paths)
         self._lock = threading.RLock()
-        self._ignore: list[re.Pattern[str]] | None = None
+        self._ignore: LRUCache[tuple[tuple[str, int, int] | None, ...], list[re.Pattern[str]]] = \
+            LRUCache(maxsize=CONTEXTIGNORE_CACHE_ENTRIES)
+        self._ignore_lock = threading.Lock()
         self._delta: LRUCache[str, tuple[float, str]] = LRUCache(maxsize=DELTA_CACHE_MAX_ENTRIES)
         self._delta_lock = threading.Lock()
         self._agents: BoundedMap[str, tuple[str, ...]] = BoundedMap("read_cache.agents")
@@ -273,15 +277,38 @@ class ReadCache:
 
     # ------------------------------------------------------------ .contextignore
 
+    @staticmethod
+    def _ignore_source(path: Path) -> tuple[str, int, int] | None:
+        """Cache key part of one ``.contextignore``: its path, mtime and size (None if absent)."""
+        try:
+            s = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return (str(path), s.st_mtime_ns, s.st_size)
+
     def _ignore_patterns(self) -> list[re.Pattern[str]]:
-        if self._ignore is not None:
-            return self._ignore
-        raw: list[str] = []
+        """The patterns in force for the current workspace (the ``cwd`` callable).
+
+        The workspace's ``.contextignore`` comes first, then the global
+        ``<openclaw dir>/.contextignore``; together at most
+        :data:`MAX_CONTEXTIGNORE_PATTERNS`. Compiled patterns are cached per
+        (workspace, the two files' mtime and size), so every session's own
+        workspace is honoured and an edited file is seen on the next read; the
+        cache holds :data:`CONTEXTIGNORE_CACHE_ENTRIES` workspaces at most.
+        """
         sources: list[Path] = []
         with contextlib.suppress(Exception):
             sources.append(Path(self._cwd()) / ".contextignore")
         sources.append(self.paths.openclaw_dir / ".contextignore")
-        for src in sources:
+        key = tuple(self._ignore_source(src) for src in sources)
+        with self._ignore_lock:
+            cached = self._ignore.get(key)
+        if cached is not None:
+            return cached
+        raw: list[str] = []
+        for src, part in zip(sources, key, strict=True):
+            if part is None:
+                continue
             try:
                 text = src.read_bytes().decode("utf-8", errors="replace")
             except OSError:
@@ -296,7 +323,8 @@ class ReadCache:
                 compiled.append(glob_to_regex(pat))
             except re.error:
                 log.debug("[token-optimizer] unusable .contextignore pattern: %r", pat)
-        self._ignore = compiled
+        with self._ignore_lock:
+            self._ignore[key] = compiled
         return compiled
 
     def is_ignored(self, abs_path: str) -> bool:
