@@ -8,7 +8,10 @@ at that moment (``read-cache/<agent>-<session>.json``):
 * first read of a file -> allowed and remembered;
 * the same file and range again with an unchanged mtime -> a *redundant*
   read: logged as ``warn`` (default), or blocked with a structural digest of
-  the file in ``block`` mode;
+  the file in ``block`` mode. A blocked *full* read credits a measured
+  ``redundant_read`` saving (the file's tokens net of the reply); a blocked
+  *ranged* read (offset/limit given) credits nothing, since how much the range
+  would have returned is not known here;
 * the file changed (mtime) or the range differs -> allowed, entry refreshed;
   except that with the v5 ``delta_read`` feature a changed file re-read in
   full is answered with a line diff against the content seen last time
@@ -593,8 +596,13 @@ class ReadCache:
             msg = (f"{PREFIX}{base} is already in context and has not changed (read #{js_number(count)}).\n"
                    f"Structure of {base}:\n{digest_text}\n\n"
                    "Change the file first, or pass a different offset/limit, to read it again.")
-            self._log_read_saving("redundant_read", session_id, st.st_size, msg,
-                                  f"read #{js_number(count)} blocked: {base}")
+            if full_read:
+                # Only a blocked full read is credited: the whole file was really not sent.
+                # A ranged read (offset/limit) is blocked too but earns no row: what the
+                # range would have returned depends on the host's line semantics, and a
+                # file-sized figure would overstate a measured saving.
+                self._log_read_saving("redundant_read", session_id, st.st_size, msg,
+                                      f"read #{js_number(count)} blocked: {base}")
             return msg
         self._log_decision("warn", fp, reason, session_id)
         return None
