@@ -400,6 +400,25 @@ class CheckedDir:
         finally:
             os.close(fd)
 
+    def read_tail(self, name: str, max_bytes: int) -> tuple[bytes, bool]:
+        """The last ``max_bytes`` of a regular file (no symlink followed), and whether
+        the file was longer (then the first line of the data is partial)."""
+        fd = self._open_regular(name, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            start = max(0, size - max(0, max_bytes))
+            chunks: list[bytes] = []
+            pos = start
+            while pos < size:
+                chunk = os.pread(fd, min(1 << 20, size - pos), pos)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                pos += len(chunk)
+            return b"".join(chunks), start > 0
+        finally:
+            os.close(fd)
+
     def read_text(self, name: str, max_bytes: int | None = None) -> str:
         """UTF-8 with replacement of bad bytes."""
         return self.read_bytes(name, max_bytes).decode("utf-8", errors="replace")
