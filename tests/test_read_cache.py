@@ -515,6 +515,56 @@ def test_clear_cache_clears_remembered_hyphenated_agent(rc: ReadCache, paths: St
     assert not (paths.read_cache / "my-agent-abc.json").exists()
 
 
+def _count_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from token_optimizer import fsutil
+
+    seen: list[str] = []
+    real = fsutil.CheckedDir.listdir
+
+    def listdir(self: fsutil.CheckedDir) -> list[str]:
+        if self.path.name == "read-cache":
+            seen.append(str(self.path))
+        return real(self)
+
+    monkeypatch.setattr(fsutil.CheckedDir, "listdir", listdir)
+    return seen
+
+
+def test_compaction_does_not_list_read_cache_for_a_remembered_session(
+        rc: ReadCache, paths: StatePaths, proj: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(proj / "a.txt", "x")
+    for i in range(30):  # other sessions on disk
+        rc.before_read("a.txt", None, None, "main", f"other{i}")
+    rc.before_read("a.txt", None, None, "main", "abc")
+    rc.before_read("a.txt", None, None, "main", "abc")
+    rc.before_read("a.txt", None, None, "my-agent", "abc")
+    listings = _count_listings(monkeypatch)
+    assert rc.active_read_tokens("main", "abc") > 0
+    rc.clear_cache("default", "abc")
+    assert rc.active_read_tokens("main", "abc") == 0
+    rc.clear_cache("default", "abc")
+    assert listings == []
+    assert not (paths.read_cache / "main-abc.json").exists()
+    assert not (paths.read_cache / "my-agent-abc.json").exists()
+    assert (paths.read_cache / "main-other0.json").exists()
+
+
+def test_unknown_session_lists_read_cache_once(rc: ReadCache, paths: StatePaths, proj: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(proj / "a.txt", "x")
+    rc.before_read("a.txt", None, None, "main", "abc")
+    rc.before_read("a.txt", None, None, "main", "abc")
+    fresh = ReadCache(paths, cwd=lambda: str(proj))  # a restart
+    listings = _count_listings(monkeypatch)
+    assert fresh.active_read_tokens("x", "abc") > 0  # found "main" by listing
+    assert fresh.active_read_tokens("x", "abc") > 0  # remembered: no second listing
+    fresh.clear_cache("x", "abc")
+    assert not (paths.read_cache / "main-abc.json").exists()
+    fresh.active_read_tokens("x", "abc")
+    fresh.clear_cache("x", "abc")
+    assert len(listings) == 1 and fresh.listings == 1
+
+
 # ---------------------------------------------------------------- active read tokens
 
 

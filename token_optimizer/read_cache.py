@@ -48,7 +48,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from token_optimizer import settings as st
-from token_optimizer.bounded import BoundedMap
+from token_optimizer.bounded import BoundedMap, BoundedSet
 from token_optimizer.delta_diff import compute_delta
 from token_optimizer.fsutil import (
     CheckedDir,
@@ -223,6 +223,10 @@ class ReadCache:
         self._delta: LRUCache[str, tuple[float, str]] = LRUCache(maxsize=DELTA_CACHE_MAX_ENTRIES)
         self._delta_lock = threading.Lock()
         self._agents: BoundedMap[str, tuple[str, ...]] = BoundedMap("read_cache.agents")
+        self._listed: BoundedSet[str] = BoundedSet("read_cache.listed")
+        """Sessions whose ``read-cache/`` listing was done (at most once each)."""
+        self.listings = 0
+        """Listings of ``read-cache/`` done to find a session's agent prefixes (for tests)."""
 
     # ------------------------------------------------------------ settings
 
@@ -635,33 +639,58 @@ class ReadCache:
         except Exception as exc:
             log.warning("[token-optimizer] read cache invalidation failed: %s", exc)
 
+    def _session_agents(self, d: CheckedDir, agent_id: str, sess: str) -> set[str]:
+        """The agent prefixes whose ``<agent>-<sess>.json`` may exist.
+
+        The one given, ``default``, ``unknown`` and those this process saw for the
+        session. Only when the process has no memory of the session (a restart) is
+        ``read-cache/`` listed for other single-segment prefixes, and that at most
+        once per session (:attr:`listings` counts them); the prefixes found are then
+        remembered like the ones seen on reads.
+        """
+        agents = {sanitize_removing(agent_id or "", "default"), "default", "unknown"}
+        remembered = self._agents.get(sess)
+        if remembered is not None:
+            agents.update(remembered)
+        elif self._listed.add(sess):
+            self.listings += 1
+            suffix = f"-{sess}.json"
+            found: list[str] = []
+            with contextlib.suppress(OSError):
+                for name in d.listdir():
+                    if name.endswith(suffix) and not name.startswith("hint-serves-"):
+                        prefix = name[: -len(suffix)]
+                        if prefix and "-" not in prefix:
+                            found.append(prefix)
+            agents.update(found)
+            if found:
+                self._agents.set(sess, tuple(sorted(found))[-MAX_REMEMBERED_AGENTS:])
+        return agents
+
     def clear_cache(self, agent_id: str, session_id: str) -> None:
         """Compaction: delete the session's read cache and decisions log. Never raises.
 
         The reference deletes only ``<agent>-<session>.json`` for the agent id
         it is given, which misses the cache when reads and compaction resolve
         the agent differently (runtime.md §13.4 B). Here every agent prefix of
-        the session is cleared: the one given, the ones seen by this process,
-        and any single-segment prefix found on disk (``unknown``, ``main`` ...).
+        the session is cleared: the one given, ``default``, ``unknown``, the ones
+        seen by this process and, when the process has no memory of the session,
+        any single-segment prefix found on disk (``main`` ...; one listing per
+        session at most, see :meth:`_session_agents`).
         """
         try:
             with self._lock:
                 sess = sanitize_removing(session_id or "", "unknown")
                 suffix = f"-{sess}.json"
-                agents = {sanitize_removing(agent_id or "", "default"), "default", "unknown"}
-                agents.update(self._agents.get(sess) or ())
-                self._agents.discard(sess)
                 try:
                     d = self._dir()
                 except FileNotFoundError:
+                    self._agents.discard(sess)
                     return
                 with d:
-                    with contextlib.suppress(OSError):
-                        for name in d.listdir():
-                            if name.endswith(suffix):
-                                prefix = name[: -len(suffix)]
-                                if prefix and "-" not in prefix:
-                                    agents.add(prefix)
+                    agents = self._session_agents(d, agent_id, sess)
+                    self._agents.discard(sess)
+                    self._listed.add(sess)  # cleared: no other prefix is left on disk
                     for agent in agents:
                         with contextlib.suppress(OSError):
                             d.unlink(f"{agent}{suffix}")
@@ -673,23 +702,22 @@ class ReadCache:
     def active_read_tokens(self, agent_id: str, session_id: str) -> int:
         """Tokens of files this session read at least twice (top 25 by recency, cap 200 000).
 
-        The agent id is ignored: caches of every agent prefix are summed.
+        Caches of every agent prefix of the session are summed (the prefixes of
+        :meth:`_session_agents`: no directory listing while the process
+        remembers the session).
         """
         try:
-            suffix = f"-{sanitize_removing(session_id or '', 'unknown')}.json"
+            sess = sanitize_removing(session_id or "", "unknown")
+            suffix = f"-{sess}.json"
             entries: list[dict[str, Any]] = []
             try:
                 d = self._dir()
             except OSError:
                 return 0
             with d:
-                try:
-                    names = sorted(n for n in d.listdir() if n.endswith(suffix))
-                except OSError:
-                    return 0
-                for name in names:
+                for agent in sorted(self._session_agents(d, agent_id, sess)):
                     try:
-                        data = loads(d.read_text(name))
+                        data = loads(d.read_text(f"{agent}{suffix}"))
                     except (OSError, ValueError):
                         continue
                     files = data.get("files") if isinstance(data, dict) else None
