@@ -1,8 +1,7 @@
 """Typed, host-neutral events the core consumes and results it returns.
 
 Host adapters (:mod:`token_optimizer.hosts`) translate their hook calls into
-these; the core never sees a host-specific payload. The TS-shaped dict API in
-:mod:`token_optimizer.runtime` is itself a thin translation onto them.
+these; the core never sees a host-specific payload.
 """
 
 from __future__ import annotations

@@ -99,9 +99,6 @@ BINARY_EXTENSIONS = frozenset({
 })
 _JS_EXTENSIONS = frozenset({".js", ".ts", ".jsx", ".tsx", ".mjs", ".cjs"})
 
-ENV_ENABLED: str = st.READ_CACHE.env or ""
-ENV_MODE: str = st.READ_CACHE_MODE.env or ""
-
 PREFIX = "[Token Optimizer] "
 
 
@@ -351,9 +348,6 @@ class ReadCache:
         agent = sanitize_removing(agent_id or "", "default")
         sess = sanitize_removing(session_id or "", "unknown")
         return f"{agent}-{sess}.json"
-
-    def _cache_file(self, agent_id: str, session_id: str) -> Path:
-        return self.paths.read_cache / self._cache_name(agent_id, session_id)
 
     def _load(self, agent_id: str, session_id: str) -> dict[str, Any]:
         name = self._cache_name(agent_id, session_id)
@@ -738,9 +732,6 @@ class ReadCache:
     @staticmethod
     def _hint_name(session_id: str) -> str:
         return f"hint-serves-{sanitize_removing(session_id, 'unknown')}.json"
-
-    def _hint_file(self, session_id: str) -> Path:
-        return self.paths.read_cache / self._hint_name(session_id)
 
     def _load_hints(self, session_id: str) -> dict[str, Any]:
         name = self._hint_name(session_id)

@@ -131,7 +131,7 @@ def _iso_second(sec: int) -> str:
 
 def _iso(seconds: float) -> str:
     """``Date.prototype.toISOString`` of epoch seconds (the second's prefix is memoised:
-    the entries touched between two flushes share a handful of seconds)."""
+    entries read or written together share a handful of seconds)."""
     ms = math.floor(seconds * 1000.0)
     sec, milli = divmod(ms, 1000)
     return f"{_iso_second(sec)}.{milli:03d}Z"
@@ -195,11 +195,8 @@ class _Entry:
         self.extra = extra
         self._json: dict[str, Any] | None = None
 
-    def changed(self) -> None:
-        self._json = None
-
     def to_json(self, key: str) -> dict[str, Any]:
-        """The on-disk object (cached until the entry changes)."""
+        """The on-disk object (cached: an entry is built from one stored row)."""
         j = self._json
         if j is None:
             if self.updated_iso is None:
@@ -465,7 +462,6 @@ class SessionIndex:
         paths: StatePaths,
         *,
         active_work: KeyCallback | None = None,
-        flush_interval_s: float = 30.0,
         pending_restore: KeyCallback | None = None,
         clock: Callable[[], float] = time.time,
         files: Sequence[SessionFiles] | None = None,
@@ -479,11 +475,9 @@ class SessionIndex:
         self.journal_path = self.legacy_path.with_name(JOURNAL_NAME)
         self.active_work = active_work
         self.pending_restore = pending_restore
-        self.flush_interval_s = float(flush_interval_s)
         self._clock = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
-        self._memory_only = False
         # Sessions seen without a real message: transient, bounded, never serialised.
         self._pending: BoundedMap[str, _Entry] = BoundedMap("session_index.pending")
         self._last_prune: float | None = None
@@ -525,7 +519,6 @@ class SessionIndex:
             self._move_aside(e)
             conn = self._connect(target)
         self._conn = conn
-        self._memory_only = target == ":memory:"
         self._import_legacy(conn)
         return conn
 
@@ -853,9 +846,6 @@ class SessionIndex:
         def checkpoint(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._run("flush", checkpoint, None, create=False)
-
-    def tick(self) -> None:
-        """Kept for callers of the file-based index: nothing is ever waiting to be written."""
 
     def close(self) -> None:
         """Shutdown: fold the WAL back and close the connection."""
