@@ -1187,3 +1187,24 @@ def test_cli_prune_sticks_while_a_gateway_index_is_open(tmp_path: Path) -> None:
     gateway.touch("another", "s-2")
     gateway.close()
     assert set(SessionIndex(p).entries()) == {"new", "live", "another"}
+
+
+def test_most_recent_session_id_is_one_query(paths: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    idx = make(paths, clock)
+    assert idx.most_recent_session_id() is None  # no index yet: nothing created
+    assert not paths.root.exists()
+    for i in range(5):
+        clock.t += 10
+        idx.touch(f"k{i}", f"s{i}")
+    clock.t += 10
+    idx.touch("k1", "s1")  # refreshed: now the newest
+    assert idx.most_recent_session_id() == "s1"
+    clock.t += 10
+    idx.touch("k9", "s9")
+    idx.touch("k8", "s8")  # same second as s9: the one stored last wins, as before
+    monkeypatch.setattr(SessionIndex, "entries", lambda self: pytest.fail("loads every entry"))
+    assert idx.most_recent_session_id() == "s8"
+    idx.touch("k3", "s3", real_message=False)  # a transient mark is not on record
+    assert idx.most_recent_session_id() == "s8"
+    idx.close()

@@ -818,6 +818,20 @@ class SessionIndex:
             }
         return self._run("entries", read, {}, create=False)
 
+    def most_recent_session_id(self) -> str | None:
+        """The session id of the most recently active persisted entry (latest
+        ``updated_at``; among equals the one stored last), or ``None``.
+
+        One ``ORDER BY updated_s DESC LIMIT 1`` query: nothing else is loaded.
+        """
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT session_id FROM entries WHERE session_id != '' "
+                "ORDER BY updated_s DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+            return str(row[0]) if row and row[0] else None
+        return self._run("most recent", read, None, create=False)
+
     def is_persisted(self, session_key: str) -> bool:
         if not isinstance(session_key, str) or not _encodable(session_key):
             return False
