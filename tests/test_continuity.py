@@ -397,7 +397,7 @@ def test_resume_picks_same_project_checkpoint(
 
 
 def test_resume_lean_savings_deduplicated_for_six_hours(
-    paths: StatePaths, cont: Continuity, rec: SavingsRecorder
+    paths: StatePaths, cont: Continuity, rec: SavingsRecorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_checkpoint(paths, "sess-beta-1", BETA)
     assert (
@@ -410,12 +410,59 @@ def test_resume_lean_savings_deduplicated_for_six_hours(
     )
     assert len(rec.calls) == 1
     # an old credit (7 h ago) does not block a new one
-    lines = paths.savings_log.read_text().splitlines()
-    row = json.loads(lines[0])
-    row["timestamp"] = iso_from_ms(now_ms() - 7 * 3600_000)
-    paths.savings_log.write_text(json.dumps(row) + "\n")
+    later = now_ms() + 7 * 3600_000
+    monkeypatch.setattr(c, "now_ms", lambda: later)
     cont.first_turn("continue where we left off", "4d2a9c1f-n3", f"{H}/beta")
     assert len(rec.calls) == 2
+
+
+def _beta_resume(paths: StatePaths, rec: SavingsRecorder, sid: str) -> None:
+    assert Continuity(paths, rec).first_turn(  # a fresh process each time
+        "continue where we left off", sid, f"{H}/beta").kind == "resume-lean"
+
+
+def test_resume_lean_dedup_survives_a_restart_from_the_log_tail(
+    paths: StatePaths, rec: SavingsRecorder
+) -> None:
+    write_checkpoint(paths, "sess-beta-1", BETA)
+    _beta_resume(paths, rec, "n1")
+    _beta_resume(paths, rec, "n2")  # restarted: the log's tail says it was credited
+    assert len(rec.calls) == 1
+    # the same row 7 h old no longer counts
+    row = json.loads(paths.savings_log.read_text().splitlines()[0])
+    row["timestamp"] = iso_from_ms(now_ms() - 7 * 3600_000)
+    paths.savings_log.write_text(json.dumps(row) + "\n")
+    _beta_resume(paths, rec, "n3")
+    assert len(rec.calls) == 2
+    # only the last 256 KiB are looked at: a credit buried deeper is not found
+    filler = json.dumps({"event_type": "other", "detail": "x" * 200}) + "\n"
+    with open(paths.savings_log, "a", encoding="utf-8") as fh:
+        fh.write(filler * (c.RESUME_LEAN_TAIL_BYTES // len(filler) + 10))
+    _beta_resume(paths, rec, "n4")
+    assert len(rec.calls) == 3
+
+
+def test_resume_lean_dedup_reads_the_log_once_and_never_through_a_symlink(
+    paths: StatePaths, rec: SavingsRecorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_checkpoint(paths, "sess-beta-1", BETA)
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text(json.dumps({"timestamp": iso_from_ms(now_ms()), "event_type": "resume_lean",
+                                   "session_id": "sess-beta-1"}) + "\n")
+    paths.savings_log.symlink_to(outside)
+    reads: list[str] = []
+    real = c.open_checked_dir
+
+    def counting(root: Path, path: Path, **kw: Any) -> Any:
+        reads.append(str(path))
+        return real(root, path, **kw)
+
+    monkeypatch.setattr(c, "open_checked_dir", counting)
+    cont = Continuity(paths, rec)
+    for sid in ("n1", "n2", "n3"):
+        cont.first_turn("continue where we left off", sid, f"{H}/beta")
+    assert len(rec.calls) == 1  # the planted row was not read; this process's own credit dedups
+    assert len(reads) == 1
 
 
 def test_resume_named_topic_beats_recency(paths: StatePaths, cont: Continuity) -> None:

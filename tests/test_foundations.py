@@ -137,3 +137,14 @@ def test_tool_table_and_file_args() -> None:
     assert (fa.file_path, fa.offset, fa.limit) == ("/a.py", 10, None)
     assert file_args({"file_path": 3}).file_path is None
     assert file_args(None).file_path is None  # type: ignore[arg-type]
+
+
+def test_clean_id_keeps_well_formed_ids_and_escapes_lone_surrogates() -> None:
+    from token_optimizer.events import MAX_ID_CHARS, clean_id
+
+    for ok in ("agent:main:s1", "a\\b", "\\ud800", "caf\u00e9 \U0001f600"):
+        assert clean_id(ok) == ok  # byte-identical, backslashes included
+    assert clean_id("x\ud800y\udfff") == "x\\ud800y\\udfff"
+    # documented, accepted merge: not injective for the literal escape text
+    assert clean_id("\ud800") == clean_id("\\ud800")
+    assert [clean_id(v) for v in (None, "", 5, "x" * (MAX_ID_CHARS + 1))] == [None] * 4

@@ -156,6 +156,23 @@ def test_two_snapshots_on_one_day_are_both_kept(fx: Any, capsys: pytest.CaptureF
     assert len(list((fx.state / "snapshots").glob("snapshot-*.json"))) == 2
 
 
+def test_snapshots_are_capped_to_the_newest(fx: Any, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from token_optimizer.audit import insight as imod
+
+    assert imod.SNAPSHOT_KEEP == 50
+    monkeypatch.setattr(imod, "SNAPSHOT_KEEP", 3)
+    snaps = fx.state / "snapshots"
+    snaps.mkdir(parents=True, exist_ok=True)
+    old = [f"snapshot-2020-01-0{i}T000000Z.json" for i in range(1, 6)]
+    for n in old:
+        (snaps / n).write_text('{"capturedAt": "2020-01-01T00:00:00.000Z"}')
+    (snaps / "notes.txt").write_text("mine")
+    saved = Path(run_json(capsys, ["drift", "--snapshot", "--json", *fx.argv()])["saved"])
+    kept = {p.name for p in snaps.iterdir()}
+    assert kept == {*old[-2:], saved.name, "notes.txt"}  # the new one plus the two newest old ones
+
+
 # ---------------------------------------------------------------- validate
 
 

@@ -237,13 +237,50 @@ def test_contextignore_project_and_global(paths: StatePaths, proj: Path, clock: 
     assert rows[0]["file"] == str(proj / "prod.env")
 
 
-def test_contextignore_loaded_once_and_capped(paths: StatePaths, proj: Path, clock: list[int]) -> None:
+def test_contextignore_capped_and_edit_seen(paths: StatePaths, proj: Path, clock: list[int]) -> None:
     (proj / ".contextignore").write_text("\n".join(f"junk{i}" for i in range(200)) + "\n*.env\n")
     rc = ReadCache(paths, cwd=lambda: str(proj))
     assert rc.before_read("x.env", None, None, "main", "s1") is None  # pattern 201 is dropped
-    (proj / ".contextignore").write_text("*.txt\n")
+    (proj / ".contextignore").write_text("*.txt\n")  # an edit (size and mtime change) is seen
     _write(proj / "a.txt", "x")
-    assert rc.before_read("a.txt", None, None, "main", "s1") is None  # not reloaded
+    assert rc.before_read("a.txt", None, None, "main", "s1") is not None
+
+
+def test_contextignore_per_workspace(paths: StatePaths, tmp_path: Path, clock: list[int]) -> None:
+    ws_a, ws_b, ws_c = (tmp_path / n for n in ("a", "b", "c"))
+    for ws in (ws_a, ws_b, ws_c):
+        ws.mkdir()
+        _write(ws / "x.env", "A=1")
+        _write(ws / "y.log", "log")
+    (ws_a / ".contextignore").write_text("*.env\n")
+    (ws_b / ".contextignore").write_text("*.log\n")
+    current = [ws_a]
+    rc = ReadCache(paths, cwd=lambda: str(current[0]))
+    assert rc.before_read("x.env", None, None, "main", "sa") is not None
+    assert rc.before_read("y.log", None, None, "main", "sa") is None
+    current[0] = ws_b  # another session's workspace: its own file, not the first one's
+    assert rc.before_read("x.env", None, None, "main", "sb") is None
+    assert rc.before_read("y.log", None, None, "main", "sb") is not None
+    current[0] = ws_c  # no .contextignore at all
+    assert rc.before_read("x.env", None, None, "main", "sc") is None
+    assert rc.before_read("y.log", None, None, "main", "sc") is None
+    current[0] = ws_a
+    assert rc.before_read("x.env", None, None, "main", "sa2") is not None
+    assert len(rc._ignore) <= rmod.CONTEXTIGNORE_CACHE_ENTRIES
+
+
+def test_contextignore_cache_is_bounded(paths: StatePaths, tmp_path: Path, clock: list[int],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rmod, "CONTEXTIGNORE_CACHE_ENTRIES", 3)
+    current = [tmp_path]
+    rc = ReadCache(paths, cwd=lambda: str(current[0]))
+    for i in range(10):
+        ws = tmp_path / f"w{i}"
+        ws.mkdir()
+        (ws / ".contextignore").write_text(f"f{i}.txt\n")
+        current[0] = ws
+        assert rc.before_read(f"f{i}.txt", None, None, "main", f"s{i}") is not None
+    assert len(rc._ignore) == 3
 
 
 def test_glob_to_regex() -> None:
@@ -476,6 +513,56 @@ def test_clear_cache_clears_remembered_hyphenated_agent(rc: ReadCache, paths: St
     rc.before_read("a.txt", None, None, "my-agent", "abc")
     rc.clear_cache("", "abc")
     assert not (paths.read_cache / "my-agent-abc.json").exists()
+
+
+def _count_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from token_optimizer import fsutil
+
+    seen: list[str] = []
+    real = fsutil.CheckedDir.listdir
+
+    def listdir(self: fsutil.CheckedDir) -> list[str]:
+        if self.path.name == "read-cache":
+            seen.append(str(self.path))
+        return real(self)
+
+    monkeypatch.setattr(fsutil.CheckedDir, "listdir", listdir)
+    return seen
+
+
+def test_compaction_does_not_list_read_cache_for_a_remembered_session(
+        rc: ReadCache, paths: StatePaths, proj: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(proj / "a.txt", "x")
+    for i in range(30):  # other sessions on disk
+        rc.before_read("a.txt", None, None, "main", f"other{i}")
+    rc.before_read("a.txt", None, None, "main", "abc")
+    rc.before_read("a.txt", None, None, "main", "abc")
+    rc.before_read("a.txt", None, None, "my-agent", "abc")
+    listings = _count_listings(monkeypatch)
+    assert rc.active_read_tokens("main", "abc") > 0
+    rc.clear_cache("default", "abc")
+    assert rc.active_read_tokens("main", "abc") == 0
+    rc.clear_cache("default", "abc")
+    assert listings == []
+    assert not (paths.read_cache / "main-abc.json").exists()
+    assert not (paths.read_cache / "my-agent-abc.json").exists()
+    assert (paths.read_cache / "main-other0.json").exists()
+
+
+def test_unknown_session_lists_read_cache_once(rc: ReadCache, paths: StatePaths, proj: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(proj / "a.txt", "x")
+    rc.before_read("a.txt", None, None, "main", "abc")
+    rc.before_read("a.txt", None, None, "main", "abc")
+    fresh = ReadCache(paths, cwd=lambda: str(proj))  # a restart
+    listings = _count_listings(monkeypatch)
+    assert fresh.active_read_tokens("x", "abc") > 0  # found "main" by listing
+    assert fresh.active_read_tokens("x", "abc") > 0  # remembered: no second listing
+    fresh.clear_cache("x", "abc")
+    assert not (paths.read_cache / "main-abc.json").exists()
+    fresh.active_read_tokens("x", "abc")
+    fresh.clear_cache("x", "abc")
+    assert len(listings) == 1 and fresh.listings == 1
 
 
 # ---------------------------------------------------------------- active read tokens

@@ -261,3 +261,20 @@ def test_hermes_resumed_chat_before_its_first_message(paths: StatePaths, tmp_pat
 def test_session_index_readme_names_the_sqlite_transcripts() -> None:
     assert "agents/<agent>/agent/openclaw-agent.sqlite" in README_TEXT
     assert "OpenClaw (2026.9.6) keeps transcripts in SQLite" in README_TEXT
+
+
+def test_blocked_ranged_redundant_read_is_not_credited_as_the_whole_file(
+        paths: StatePaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKEN_OPTIMIZER_READ_CACHE_MODE", "block")
+    f = tmp_path / "big.py"
+    f.write_text("def f(x):\n    return x * 2\n" * 400)
+    rc = ReadCache(paths, cwd=lambda: str(tmp_path))
+    assert rc.before_read(str(f), 10, 5, "main", "s1") is None
+    msg = rc.before_read(str(f), 10, 5, "main", "s1")
+    assert msg is not None and "already in context" in msg  # still blocked
+    assert [r for r in _rows(paths) if r["event_type"] == "redundant_read"] == []
+    # the full read of the same file is still credited, measured
+    assert rc.before_read(str(f), None, None, "main", "s1") is None
+    assert rc.before_read(str(f), None, None, "main", "s1") is not None
+    (row,) = _rows(paths)
+    assert (row["event_type"], row["basis"]) == ("redundant_read", "measured")

@@ -11,9 +11,9 @@ so the context can be re-seeded after compaction. Two writers exist:
 Files live in ``<state root>/checkpoints/<sanitised id>/`` next to an
 append-only ``manifest.jsonl``. Capturing the same content with the same
 trigger twice writes nothing the second time (the decision is still recorded
-with the policy, so it stops re-proposing it). Restoring picks the most
-valuable checkpoint by trigger priority, then recency, capped at 4000 UTF-16
-code units.
+with the policy, so it stops re-proposing it). Restoring picks the newest
+checkpoint, trigger priority breaking ties (the reference ranks by priority
+first), capped at 4000 UTF-16 code units.
 
 Everything that must match the TypeScript plugin (headers, section titles,
 caps, file names, manifest keys, digest) is byte-compatible; the only free

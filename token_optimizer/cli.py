@@ -14,6 +14,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from token_optimizer.commands.stateroot import HOME_HELP
+
 # Modules that contribute subcommands, in help order.
 CLI_MODULES = (
     "token_optimizer.commands.demo",
@@ -40,7 +42,6 @@ COMMAND_MODULES = {
     "budget": "token_optimizer.commands.audit",
 }
 
-HOME_HELP = "state root (default: $TOKEN_OPTIMIZER_HOME or ~/.openclaw/token-optimizer)"
 
 
 def _add_global_options(parser: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from token_optimizer.checkpoint_index import CheckpointIndex
 from token_optimizer.fsutil import (
     StatePaths,
     default_home,
+    open_checked_dir,
     read_text_no_follow,
     sanitize_checkpoint_id,
 )
@@ -78,6 +79,8 @@ MAX_DECISIONS = 4
 MAX_FILES = 6
 HINTED_PATHS_CAP = 25
 RESUME_LEAN_DEDUP_MS = 6 * 3600 * 1000
+RESUME_LEAN_TAIL_BYTES = 256 * 1024
+"""How much of the savings log's end is read (once per process) to find recent credits."""
 BYTES_PER_TOKEN = 3.3
 
 TRUST_MARKER = '<!-- trust="data" -->'
@@ -701,6 +704,9 @@ class Continuity:
         self._token_cache: BoundedMap[
             str, tuple[tuple[int, int, int], str, set[str]]
         ] = BoundedMap("continuity.token_cache", cap=TOKEN_CACHE_CAP, register=False)
+        # Source sessions credited a resume_lean saving -> when (ms); bounded.
+        self._credited: BoundedMap[str, float] = BoundedMap("continuity.credited")
+        self._credited_loaded = False
 
     # ------------------------------------------------------------ discovery
 
@@ -858,27 +864,42 @@ class Continuity:
                 newest = item
         return newest
 
-    def _already_credited(self, source_session: str) -> bool:
-        cutoff = now_ms() - RESUME_LEAN_DEDUP_MS
+    def _rehydrate_credited(self) -> None:
+        """Once per process: recent ``resume_lean`` rows from the log's last
+        :data:`RESUME_LEAN_TAIL_BYTES` (read without following a symlink), so a
+        restart does not credit the same resume twice. Best effort."""
+        if self._credited_loaded:
+            return
+        self._credited_loaded = True
         try:
-            raw = self.paths.savings_log.read_text(encoding="utf-8", errors="replace")
+            with open_checked_dir(self.paths.root, self.paths.root) as d:
+                data, cut = d.read_tail(self.paths.savings_log.name, RESUME_LEAN_TAIL_BYTES)
         except OSError:
-            return False
-        for line in raw.split("\n"):
+            return
+        if cut:
+            data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+        for line in data.split(b"\n"):
             if not line.strip():
                 continue
             try:
-                row = loads(line)
+                row = loads(line.decode("utf-8", errors="replace"))
             except ValueError:
                 continue
-            if (
-                isinstance(row, dict)
-                and row.get("event_type") == "resume_lean"
-                and row.get("session_id") == source_session
-                and parse_iso_ms(row.get("timestamp")) >= cutoff
-            ):
-                return True
-        return False
+            if not (isinstance(row, dict) and row.get("event_type") == "resume_lean"):
+                continue
+            sid = row.get("session_id")
+            ts = parse_iso_ms(row.get("timestamp"))
+            if isinstance(sid, str) and math.isfinite(ts):
+                prev = self._credited.get(sid)
+                if prev is None or ts > prev:
+                    self._credited.set(sid, ts)
+
+    def _already_credited(self, source_session: str) -> bool:
+        """A ``resume_lean`` saving for ``source_session`` within the dedup window, as
+        remembered by this process (plus the rows found at the first call)."""
+        self._rehydrate_credited()
+        at = self._credited.get(source_session)
+        return at is not None and at >= now_ms() - RESUME_LEAN_DEDUP_MS
 
     def log_resume_lean_savings(self, entry: CheckpointEntry, block: str) -> None:
         """Credit the tokens a lean block avoids versus re-reading the whole checkpoint (best effort)."""
@@ -894,6 +915,7 @@ class Continuity:
             saved = max(0, avoided - lean)
             if saved > 0:
                 self.log_savings("resume_lean", saved, entry.session_dir_name, RESUME_LEAN_DETAIL)
+                self._credited.set(entry.session_dir_name, now_ms())
         except Exception as err:  # accounting must never break the turn
             log.debug("[token-optimizer] resume-lean savings not recorded: %s", err)
 

@@ -1,8 +1,7 @@
 """Typed, host-neutral events the core consumes and results it returns.
 
 Host adapters (:mod:`token_optimizer.hosts`) translate their hook calls into
-these; the core never sees a host-specific payload. The TS-shaped dict API in
-:mod:`token_optimizer.runtime` is itself a thin translation onto them.
+these; the core never sees a host-specific payload.
 """
 
 from __future__ import annotations
@@ -184,9 +183,17 @@ def clean_id(value: object) -> str | None:
     Returns ``None`` for anything that is not a non-empty ``str`` of at most
     ``MAX_ID_CHARS`` characters. A lone surrogate (an in-process Python host can
     pass ``"\\ud800"``; it cannot be encoded as UTF-8, so JSON, SQLite and file
-    names would all fail on it) is replaced by its escape text ``\\ud800``: the
-    result is encodable and distinct ids stay distinct. Well-formed text,
-    including astral characters, is returned unchanged.
+    names would all fail on it) is replaced by its escape text ``\\ud800``, so the
+    result is encodable. Well-formed text, including astral characters, is
+    returned unchanged, byte for byte (checkpoint directory names and stored
+    keys depend on it).
+
+    The mapping is therefore *not* injective: an id holding a lone surrogate
+    becomes the same as the well-formed id spelling its escape literally
+    (``"\\ud800"`` and the six characters ``\\ud800`` both give ``\\ud800``).
+    No escaping can avoid that without changing some well-formed ids (those
+    containing a backslash), which would move existing state; lone surrogates
+    only come from buggy in-process callers, so the merge is accepted.
     """
     if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
         return None

@@ -1,8 +1,12 @@
 """State root, session-id sanitising and safe file operations.
 
-Every file the package writes lives under one *state root*, by default
-``~/.openclaw/token-optimizer`` (the TypeScript plugin's location, so the two
-can share state). ``TOKEN_OPTIMIZER_HOME`` overrides it.
+Every file the package writes lives under one *state root*:
+``TOKEN_OPTIMIZER_HOME`` when set; under OpenClaw
+``$OPENCLAW_STATE_DIR/token-optimizer`` (default ``~/.openclaw/token-optimizer``,
+the TypeScript plugin's location, so the two can share state); under Hermes
+``<HERMES_HOME>/token-optimizer``. :func:`resolve_paths` gives the OpenClaw
+default; the Hermes plugin and the command line
+(:mod:`token_optimizer.commands.stateroot`) pick the Hermes root themselves.
 
 Every read, write, listing and unlink under the state root goes through a
 :class:`CheckedDir` (:func:`open_checked_dir`): the directory is reached from
@@ -62,9 +66,12 @@ class StatePaths:
     """Where everything lives. Construct with :func:`resolve_paths`."""
 
     root: Path
-    """``~/.openclaw/token-optimizer`` (or ``TOKEN_OPTIMIZER_HOME``)."""
+    """The state root: ``TOKEN_OPTIMIZER_HOME``, ``$OPENCLAW_STATE_DIR/token-optimizer``
+    (default ``~/.openclaw/token-optimizer``) or, under Hermes,
+    ``<HERMES_HOME>/token-optimizer``."""
     openclaw_dir: Path
-    """``~/.openclaw``: global ``.contextignore`` and transcript discovery."""
+    """The root's parent (``$OPENCLAW_STATE_DIR``, default ``~/.openclaw``): global
+    ``.contextignore`` and transcript discovery."""
 
     @property
     def checkpoints(self) -> Path:
@@ -229,16 +236,6 @@ def safe_file(path: Path, parent: Path) -> bool:
         return False
 
 
-def check_write_target(path: Path) -> None:
-    """An existing write target must be a regular file, not a symlink."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafePathError(f"refusing to write non-regular file or symlink: {path}")
-
-
 # ---------------------------------------------------------------- checked directories
 #
 # Every file operation under the state root goes through a CheckedDir: the
@@ -397,6 +394,25 @@ class CheckedDir:
                 if remaining is not None:
                     remaining -= len(chunk)
             return b"".join(chunks), st
+        finally:
+            os.close(fd)
+
+    def read_tail(self, name: str, max_bytes: int) -> tuple[bytes, bool]:
+        """The last ``max_bytes`` of a regular file (no symlink followed), and whether
+        the file was longer (then the first line of the data is partial)."""
+        fd = self._open_regular(name, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            start = max(0, size - max(0, max_bytes))
+            chunks: list[bytes] = []
+            pos = start
+            while pos < size:
+                chunk = os.pread(fd, min(1 << 20, size - pos), pos)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                pos += len(chunk)
+            return b"".join(chunks), start > 0
         finally:
             os.close(fd)
 

@@ -82,10 +82,3 @@ HERMES_HOOKS: tuple[str, ...] = _ordered(
                     "session_end", None)
      for r in HOOK_TABLE if r.entry == name for h in r.hermes])
 """Every Hermes hook the plugin registers (``on_session_end`` fires every turn: never)."""
-
-
-def entry_for_openclaw(hook: str) -> str | None:
-    for r in HOOK_TABLE:
-        if hook in r.openclaw:
-            return r.entry
-    return None

@@ -8,7 +8,10 @@ at that moment (``read-cache/<agent>-<session>.json``):
 * first read of a file -> allowed and remembered;
 * the same file and range again with an unchanged mtime -> a *redundant*
   read: logged as ``warn`` (default), or blocked with a structural digest of
-  the file in ``block`` mode;
+  the file in ``block`` mode. A blocked *full* read credits a measured
+  ``redundant_read`` saving (the file's tokens net of the reply); a blocked
+  *ranged* read (offset/limit given) credits nothing, since how much the range
+  would have returned is not known here;
 * the file changed (mtime) or the range differs -> allowed, entry refreshed;
   except that with the v5 ``delta_read`` feature a changed file re-read in
   full is answered with a line diff against the content seen last time
@@ -45,7 +48,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from token_optimizer import settings as st
-from token_optimizer.bounded import BoundedMap
+from token_optimizer.bounded import BoundedMap, BoundedSet
 from token_optimizer.delta_diff import compute_delta
 from token_optimizer.fsutil import (
     CheckedDir,
@@ -64,6 +67,8 @@ log = logging.getLogger("token_optimizer.read_cache")
 
 MAX_CACHE_ENTRIES = 500
 MAX_CONTEXTIGNORE_PATTERNS = 200
+CONTEXTIGNORE_CACHE_ENTRIES = 32
+"""Workspaces whose compiled ``.contextignore`` patterns are kept (LRU)."""
 DELTA_CACHE_MAX_BYTES = 51_200
 DELTA_CACHE_MAX_ENTRIES = 100
 MTIME_TOLERANCE_S = 0.001
@@ -93,9 +98,6 @@ BINARY_EXTENSIONS = frozenset({
     ".sqlite", ".db", ".sqlite3",
 })
 _JS_EXTENSIONS = frozenset({".js", ".ts", ".jsx", ".tsx", ".mjs", ".cjs"})
-
-ENV_ENABLED: str = st.READ_CACHE.env or ""
-ENV_MODE: str = st.READ_CACHE_MODE.env or ""
 
 PREFIX = "[Token Optimizer] "
 
@@ -212,10 +214,16 @@ class ReadCache:
         self._cwd = cwd
         self.telemetry = telemetry if telemetry is not None else Telemetry(paths)
         self._lock = threading.RLock()
-        self._ignore: list[re.Pattern[str]] | None = None
+        self._ignore: LRUCache[tuple[tuple[str, int, int] | None, ...], list[re.Pattern[str]]] = \
+            LRUCache(maxsize=CONTEXTIGNORE_CACHE_ENTRIES)
+        self._ignore_lock = threading.Lock()
         self._delta: LRUCache[str, tuple[float, str]] = LRUCache(maxsize=DELTA_CACHE_MAX_ENTRIES)
         self._delta_lock = threading.Lock()
         self._agents: BoundedMap[str, tuple[str, ...]] = BoundedMap("read_cache.agents")
+        self._listed: BoundedSet[str] = BoundedSet("read_cache.listed")
+        """Sessions whose ``read-cache/`` listing was done (at most once each)."""
+        self.listings = 0
+        """Listings of ``read-cache/`` done to find a session's agent prefixes (for tests)."""
 
     # ------------------------------------------------------------ settings
 
@@ -273,15 +281,38 @@ class ReadCache:
 
     # ------------------------------------------------------------ .contextignore
 
+    @staticmethod
+    def _ignore_source(path: Path) -> tuple[str, int, int] | None:
+        """Cache key part of one ``.contextignore``: its path, mtime and size (None if absent)."""
+        try:
+            s = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return (str(path), s.st_mtime_ns, s.st_size)
+
     def _ignore_patterns(self) -> list[re.Pattern[str]]:
-        if self._ignore is not None:
-            return self._ignore
-        raw: list[str] = []
+        """The patterns in force for the current workspace (the ``cwd`` callable).
+
+        The workspace's ``.contextignore`` comes first, then the global
+        ``<openclaw dir>/.contextignore``; together at most
+        :data:`MAX_CONTEXTIGNORE_PATTERNS`. Compiled patterns are cached per
+        (workspace, the two files' mtime and size), so every session's own
+        workspace is honoured and an edited file is seen on the next read; the
+        cache holds :data:`CONTEXTIGNORE_CACHE_ENTRIES` workspaces at most.
+        """
         sources: list[Path] = []
         with contextlib.suppress(Exception):
             sources.append(Path(self._cwd()) / ".contextignore")
         sources.append(self.paths.openclaw_dir / ".contextignore")
-        for src in sources:
+        key = tuple(self._ignore_source(src) for src in sources)
+        with self._ignore_lock:
+            cached = self._ignore.get(key)
+        if cached is not None:
+            return cached
+        raw: list[str] = []
+        for src, part in zip(sources, key, strict=True):
+            if part is None:
+                continue
             try:
                 text = src.read_bytes().decode("utf-8", errors="replace")
             except OSError:
@@ -296,7 +327,8 @@ class ReadCache:
                 compiled.append(glob_to_regex(pat))
             except re.error:
                 log.debug("[token-optimizer] unusable .contextignore pattern: %r", pat)
-        self._ignore = compiled
+        with self._ignore_lock:
+            self._ignore[key] = compiled
         return compiled
 
     def is_ignored(self, abs_path: str) -> bool:
@@ -316,9 +348,6 @@ class ReadCache:
         agent = sanitize_removing(agent_id or "", "default")
         sess = sanitize_removing(session_id or "", "unknown")
         return f"{agent}-{sess}.json"
-
-    def _cache_file(self, agent_id: str, session_id: str) -> Path:
-        return self.paths.read_cache / self._cache_name(agent_id, session_id)
 
     def _load(self, agent_id: str, session_id: str) -> dict[str, Any]:
         name = self._cache_name(agent_id, session_id)
@@ -565,8 +594,13 @@ class ReadCache:
             msg = (f"{PREFIX}{base} is already in context and has not changed (read #{js_number(count)}).\n"
                    f"Structure of {base}:\n{digest_text}\n\n"
                    "Change the file first, or pass a different offset/limit, to read it again.")
-            self._log_read_saving("redundant_read", session_id, st.st_size, msg,
-                                  f"read #{js_number(count)} blocked: {base}")
+            if full_read:
+                # Only a blocked full read is credited: the whole file was really not sent.
+                # A ranged read (offset/limit) is blocked too but earns no row: what the
+                # range would have returned depends on the host's line semantics, and a
+                # file-sized figure would overstate a measured saving.
+                self._log_read_saving("redundant_read", session_id, st.st_size, msg,
+                                      f"read #{js_number(count)} blocked: {base}")
             return msg
         self._log_decision("warn", fp, reason, session_id)
         return None
@@ -599,33 +633,58 @@ class ReadCache:
         except Exception as exc:
             log.warning("[token-optimizer] read cache invalidation failed: %s", exc)
 
+    def _session_agents(self, d: CheckedDir, agent_id: str, sess: str) -> set[str]:
+        """The agent prefixes whose ``<agent>-<sess>.json`` may exist.
+
+        The one given, ``default``, ``unknown`` and those this process saw for the
+        session. Only when the process has no memory of the session (a restart) is
+        ``read-cache/`` listed for other single-segment prefixes, and that at most
+        once per session (:attr:`listings` counts them); the prefixes found are then
+        remembered like the ones seen on reads.
+        """
+        agents = {sanitize_removing(agent_id or "", "default"), "default", "unknown"}
+        remembered = self._agents.get(sess)
+        if remembered is not None:
+            agents.update(remembered)
+        elif self._listed.add(sess):
+            self.listings += 1
+            suffix = f"-{sess}.json"
+            found: list[str] = []
+            with contextlib.suppress(OSError):
+                for name in d.listdir():
+                    if name.endswith(suffix) and not name.startswith("hint-serves-"):
+                        prefix = name[: -len(suffix)]
+                        if prefix and "-" not in prefix:
+                            found.append(prefix)
+            agents.update(found)
+            if found:
+                self._agents.set(sess, tuple(sorted(found))[-MAX_REMEMBERED_AGENTS:])
+        return agents
+
     def clear_cache(self, agent_id: str, session_id: str) -> None:
         """Compaction: delete the session's read cache and decisions log. Never raises.
 
         The reference deletes only ``<agent>-<session>.json`` for the agent id
         it is given, which misses the cache when reads and compaction resolve
         the agent differently (runtime.md §13.4 B). Here every agent prefix of
-        the session is cleared: the one given, the ones seen by this process,
-        and any single-segment prefix found on disk (``unknown``, ``main`` ...).
+        the session is cleared: the one given, ``default``, ``unknown``, the ones
+        seen by this process and, when the process has no memory of the session,
+        any single-segment prefix found on disk (``main`` ...; one listing per
+        session at most, see :meth:`_session_agents`).
         """
         try:
             with self._lock:
                 sess = sanitize_removing(session_id or "", "unknown")
                 suffix = f"-{sess}.json"
-                agents = {sanitize_removing(agent_id or "", "default"), "default", "unknown"}
-                agents.update(self._agents.get(sess) or ())
-                self._agents.discard(sess)
                 try:
                     d = self._dir()
                 except FileNotFoundError:
+                    self._agents.discard(sess)
                     return
                 with d:
-                    with contextlib.suppress(OSError):
-                        for name in d.listdir():
-                            if name.endswith(suffix):
-                                prefix = name[: -len(suffix)]
-                                if prefix and "-" not in prefix:
-                                    agents.add(prefix)
+                    agents = self._session_agents(d, agent_id, sess)
+                    self._agents.discard(sess)
+                    self._listed.add(sess)  # cleared: no other prefix is left on disk
                     for agent in agents:
                         with contextlib.suppress(OSError):
                             d.unlink(f"{agent}{suffix}")
@@ -637,23 +696,22 @@ class ReadCache:
     def active_read_tokens(self, agent_id: str, session_id: str) -> int:
         """Tokens of files this session read at least twice (top 25 by recency, cap 200 000).
 
-        The agent id is ignored: caches of every agent prefix are summed.
+        Caches of every agent prefix of the session are summed (the prefixes of
+        :meth:`_session_agents`: no directory listing while the process
+        remembers the session).
         """
         try:
-            suffix = f"-{sanitize_removing(session_id or '', 'unknown')}.json"
+            sess = sanitize_removing(session_id or "", "unknown")
+            suffix = f"-{sess}.json"
             entries: list[dict[str, Any]] = []
             try:
                 d = self._dir()
             except OSError:
                 return 0
             with d:
-                try:
-                    names = sorted(n for n in d.listdir() if n.endswith(suffix))
-                except OSError:
-                    return 0
-                for name in names:
+                for agent in sorted(self._session_agents(d, agent_id, sess)):
                     try:
-                        data = loads(d.read_text(name))
+                        data = loads(d.read_text(f"{agent}{suffix}"))
                     except (OSError, ValueError):
                         continue
                     files = data.get("files") if isinstance(data, dict) else None
@@ -674,9 +732,6 @@ class ReadCache:
     @staticmethod
     def _hint_name(session_id: str) -> str:
         return f"hint-serves-{sanitize_removing(session_id, 'unknown')}.json"
-
-    def _hint_file(self, session_id: str) -> Path:
-        return self.paths.read_cache / self._hint_name(session_id)
 
     def _load_hints(self, session_id: str) -> dict[str, Any]:
         name = self._hint_name(session_id)

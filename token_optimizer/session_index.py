@@ -131,7 +131,7 @@ def _iso_second(sec: int) -> str:
 
 def _iso(seconds: float) -> str:
     """``Date.prototype.toISOString`` of epoch seconds (the second's prefix is memoised:
-    the entries touched between two flushes share a handful of seconds)."""
+    entries read or written together share a handful of seconds)."""
     ms = math.floor(seconds * 1000.0)
     sec, milli = divmod(ms, 1000)
     return f"{_iso_second(sec)}.{milli:03d}Z"
@@ -195,11 +195,8 @@ class _Entry:
         self.extra = extra
         self._json: dict[str, Any] | None = None
 
-    def changed(self) -> None:
-        self._json = None
-
     def to_json(self, key: str) -> dict[str, Any]:
-        """The on-disk object (cached until the entry changes)."""
+        """The on-disk object (cached: an entry is built from one stored row)."""
         j = self._json
         if j is None:
             if self.updated_iso is None:
@@ -465,7 +462,6 @@ class SessionIndex:
         paths: StatePaths,
         *,
         active_work: KeyCallback | None = None,
-        flush_interval_s: float = 30.0,
         pending_restore: KeyCallback | None = None,
         clock: Callable[[], float] = time.time,
         files: Sequence[SessionFiles] | None = None,
@@ -483,11 +479,9 @@ class SessionIndex:
         self.journal_path = self.legacy_path.with_name(JOURNAL_NAME)
         self.active_work = active_work
         self.pending_restore = pending_restore
-        self.flush_interval_s = float(flush_interval_s)
         self._clock = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
-        self._memory_only = False
         # Sessions seen without a real message: transient, bounded, never serialised.
         self._pending: BoundedMap[str, _Entry] = BoundedMap("session_index.pending")
         self._last_prune: float | None = None
@@ -529,7 +523,6 @@ class SessionIndex:
             self._move_aside(e)
             conn = self._connect(target)
         self._conn = conn
-        self._memory_only = target == ":memory:"
         self._import_legacy(conn)
         return conn
 
@@ -829,6 +822,20 @@ class SessionIndex:
             }
         return self._run("entries", read, {}, create=False)
 
+    def most_recent_session_id(self) -> str | None:
+        """The session id of the most recently active persisted entry (latest
+        ``updated_at``; among equals the one stored last), or ``None``.
+
+        One ``ORDER BY updated_s DESC LIMIT 1`` query: nothing else is loaded.
+        """
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT session_id FROM entries WHERE session_id != '' "
+                "ORDER BY updated_s DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+            return str(row[0]) if row and row[0] else None
+        return self._run("most recent", read, None, create=False)
+
     def is_persisted(self, session_key: str) -> bool:
         if not isinstance(session_key, str) or not _encodable(session_key):
             return False
@@ -857,9 +864,6 @@ class SessionIndex:
         def checkpoint(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._run("flush", checkpoint, None, create=False)
-
-    def tick(self) -> None:
-        """Kept for callers of the file-based index: nothing is ever waiting to be written."""
 
     def close(self) -> None:
         """Shutdown: fold the WAL back and close the connection."""

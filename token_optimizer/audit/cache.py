@@ -9,6 +9,11 @@ mtime_ns, figures) plus one raw blob of their finished JSON rows
 The cache is ours, not the host's: it is an ordinary SQLite file written in
 one short transaction per scan. It is disposable: a missing, corrupt or
 old-format cache only costs a cold scan.
+
+Like the checkpoint index, it refuses to follow a symlink: when the state
+root is a symlink (or not a directory), or the database or one of its
+sidecars (``-wal``, ``-shm``, ``-journal``) is not a regular file, no cache
+is used (one warning per process) and the scan runs cold.
 """
 
 from __future__ import annotations
@@ -17,15 +22,55 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from token_optimizer.fsutil import open_checked_dir
+
 log = logging.getLogger("token_optimizer")
 
 CACHE_FILE = "audit-cache.sqlite"
 FORMAT = 1
+_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(what: str, msg: str, *args: object) -> None:
+    """``msg`` at warning level the first time ``what`` happens in this process, then debug."""
+    with _warned_lock:
+        first = what not in _warned
+        _warned.add(what)
+    log.log(logging.WARNING if first else logging.DEBUG, msg, *args)
+
+
+def _usable(path: Path) -> bool:
+    """The cache's directory is a real directory (created 0700 if missing, never through
+    a symlink) and the database and its sidecars, where present, are regular files."""
+    try:
+        with open_checked_dir(path.parent, path.parent, create=True):
+            pass
+    except OSError as exc:
+        _warn_once("dir", "[token-optimizer] audit cache not used (%s): %s", path.parent, exc)
+        return False
+    for suffix in _SIDECARS:
+        p = path.with_name(path.name + suffix)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.debug("audit cache unavailable (%s): %s", p, exc)
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            _warn_once("file", "[token-optimizer] audit cache %s is not a regular file; not used", p)
+            return False
+    return True
 
 
 class _Raw:
@@ -48,8 +93,10 @@ class AuditCache:
 
     def _open(self) -> None:
         assert self.path is not None
+        if not _usable(self.path):
+            self._con = None
+            return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(self.path, isolation_level=None, timeout=5)
             con.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
             con.execute("CREATE TABLE IF NOT EXISTS sources (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
@@ -118,19 +165,25 @@ class AuditCache:
             return
         try:
             self._con.execute("BEGIN IMMEDIATE")
-            for k, v in self._dirty.items():
-                self._con.execute("INSERT OR REPLACE INTO sources VALUES (?, ?)",
-                                  (k, v.raw if isinstance(v, _Raw) else orjson.dumps(v)))
-            if prune_prefix is not None:
-                for k in self.keys():
-                    if k.startswith(prune_prefix) and k not in self._seen:
-                        self._con.execute("DELETE FROM sources WHERE key=?", (k,))
-            self._con.execute("COMMIT")
+            try:
+                for k, v in self._dirty.items():
+                    self._con.execute("INSERT OR REPLACE INTO sources VALUES (?, ?)",
+                                      (k, v.raw if isinstance(v, _Raw) else orjson.dumps(v)))
+                if prune_prefix is not None:
+                    for k in self.keys():
+                        if k.startswith(prune_prefix) and k not in self._seen:
+                            self._con.execute("DELETE FROM sources WHERE key=?", (k,))
+                self._con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._con.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             log.debug("audit cache write failed: %s", exc)
-            with contextlib.suppress(sqlite3.Error):
-                self._con.execute("ROLLBACK")
-        self._dirty.clear()
+        except TypeError as exc:  # orjson: a value that is not JSON-able (a bug upstream)
+            _warn_once("encode", "[token-optimizer] audit cache not written: %s", exc)
+        finally:
+            self._dirty.clear()
 
     def close(self) -> None:
         if self._con is not None:

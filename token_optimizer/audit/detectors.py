@@ -41,7 +41,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -719,7 +718,7 @@ def run_detectors(rows: Sequence[SessionRow], *, config: Mapping[str, Any] | Non
         try:
             found.extend(det(ctx))
         except Exception as exc:  # one broken detector never sinks the audit
-            print(f"[token-optimizer] detector {name} failed: {exc}", file=sys.stderr)
+            log.warning("[token-optimizer] detector %s failed: %s", name, exc)
     for f in found:
         if not math.isfinite(f.monthly_waste_usd):
             f.monthly_waste_usd = 0.0

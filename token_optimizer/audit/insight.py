@@ -47,6 +47,8 @@ from token_optimizer.quality import (
 MIN_SAMPLES = 5
 ALPHA = 0.05
 SNAPSHOT_DIR = "snapshots"
+SNAPSHOT_KEEP = 50
+"""Snapshots kept: writing a new one deletes all but the newest this many (by name)."""
 SIZE_CHANGE_MIN = 100
 """Bytes a bootstrap file must grow or shrink by to count as drift (the reference's threshold)."""
 
@@ -183,13 +185,28 @@ def _snapshot_dir(state_root: Path, *, create: bool) -> fsutil.CheckedDir:
     return fsutil.open_checked_dir(state_root, state_root / SNAPSHOT_DIR, create=create)
 
 
+def _is_snapshot(name: str) -> bool:
+    return name.startswith("snapshot-") and name.endswith(".json")
+
+
 def save_snapshot(state_root: Path, snap: dict[str, Any]) -> Path:
-    """Write ``snapshots/snapshot-<UTC stamp>.json`` (0600, atomic); a second one the same day is kept."""
+    """Write ``snapshots/snapshot-<UTC stamp>.json`` (0600, atomic); a second one the same day is kept.
+
+    Then only the newest :data:`SNAPSHOT_KEEP` snapshots (by name, i.e. by stamp) are kept;
+    older ones are deleted (best effort: a file that cannot be removed stays).
+    """
     ms = jsutil.parse_iso_ms(snap["capturedAt"])
     stamp = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
     name = f"snapshot-{stamp}.json"
     with _snapshot_dir(state_root, create=True) as d:
         d.atomic_write(name, orjson.dumps(snap, option=orjson.OPT_INDENT_2))
+        with contextlib.suppress(OSError):
+            names = sorted((n for n in d.listdir() if _is_snapshot(n)), reverse=True)
+            for old in names[max(1, SNAPSHOT_KEEP):]:
+                if old == name:
+                    continue
+                with contextlib.suppress(OSError):
+                    d.unlink(old)
         return d.path / name
 
 
@@ -197,8 +214,7 @@ def latest_snapshot(state_root: Path) -> tuple[str, dict[str, Any]] | None:
     """(file name, content) of the newest readable snapshot, by name (the reference's order)."""
     try:
         with _snapshot_dir(state_root, create=False) as d:
-            names = sorted((n for n in d.listdir() if n.startswith("snapshot-") and n.endswith(".json")),
-                           reverse=True)
+            names = sorted((n for n in d.listdir() if _is_snapshot(n)), reverse=True)
             for n in names:
                 try:
                     v = orjson.loads(d.read_bytes(n, 5_000_000))

@@ -31,8 +31,9 @@ from token_optimizer.audit.model import SessionRow, Tokens
 from token_optimizer.audit.money import Pricer
 from token_optimizer.audit.scan import Roots, ScanResult, detect, has_store, scan
 from token_optimizer.audit.timeutil import iso_ms, local_day, parse_bound, resolve_tz
+from token_optimizer.commands import stateroot
 from token_optimizer.commands.render import ProgressReporter, fmt_tokens, fmt_usd, print_table
-from token_optimizer.fsutil import default_home, resolve_paths
+from token_optimizer.fsutil import default_home
 
 if TYPE_CHECKING:
     from token_optimizer.audit.budget import BudgetLimits
@@ -147,7 +148,7 @@ def _window(args: argparse.Namespace, default_days: int | None) -> tuple[float |
 
 
 def _scan_only(args: argparse.Namespace) -> ScanResult:
-    state_root = resolve_paths(getattr(args, "home", None)).root
+    state_root = stateroot.state_paths(args).root
     with ProgressReporter() as progress:
         return scan(_roots(args), state_root, agents=set(args.agent) if args.agent else None,
                     profiles=set(args.profile) if args.profile else None, progress=progress,

@@ -12,8 +12,7 @@ import sys
 from typing import Any
 
 from token_optimizer import jsutil
-from token_optimizer.commands import doctor
-from token_optimizer.fsutil import resolve_paths
+from token_optimizer.commands import doctor, stateroot
 from token_optimizer.policy import CheckpointPolicy, PolicySettings
 
 DAYS_MAX = 365
@@ -42,7 +41,7 @@ def _cmd_checkpoint_stats(args: argparse.Namespace) -> int:
     except DaysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    policy = CheckpointPolicy(resolve_paths(args.home), PolicySettings.resolve())
+    policy = CheckpointPolicy(stateroot.state_paths(args), PolicySettings.resolve())
     s = policy.telemetry_summary(days)
     if args.json:
         print(jsutil.dumps_pretty(s))

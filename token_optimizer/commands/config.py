@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from token_optimizer import settings as st
-from token_optimizer.commands import hostconfig
-from token_optimizer.fsutil import StatePaths, open_checked_dir, resolve_paths
+from token_optimizer.commands import hostconfig, stateroot
+from token_optimizer.fsutil import StatePaths, open_checked_dir
 from token_optimizer.jsutil import loads
 
 
@@ -59,14 +59,8 @@ def pick_host(name: str | None) -> tuple[str | None, hostconfig.HostConfig | Non
 
 
 def state_paths(args: argparse.Namespace, host: str | None) -> StatePaths:
-    home = getattr(args, "home", None)
-    if home is None and host == "hermes":
-        from token_optimizer.hosts import hermes_home
-
-        root = hermes_home.state_root()
-        if root is not None:
-            return resolve_paths(root)
-    return resolve_paths(home)
+    """The state root for ``host`` (the one rule of :mod:`token_optimizer.commands.stateroot`)."""
+    return stateroot.resolve(getattr(args, "home", None), host, detect=False)[0]
 
 
 def _show(v: Any) -> str:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from token_optimizer.commands import stateroot
 from token_optimizer.commands.audit import _common, _print_json, _run_scan
 from token_optimizer.commands.insight import context_audits
-from token_optimizer.fsutil import resolve_paths
 
 DEFAULT_DAYS = 30
 
@@ -50,7 +50,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         return 1
     t0 = time.perf_counter()
     _res, rows, tz, _window = _run_scan(args, DEFAULT_DAYS)
-    state_root = resolve_paths(getattr(args, "home", None)).root
+    state_paths, root_source = stateroot.describe(args)
+    state_root = state_paths.root
     findings, source = default_findings(rows)
     days = args.days if args.days is not None else (None if (args.since or args.until) else DEFAULT_DAYS)
     data = build_data(rows, state=read_state(state_root), audits=audits, days=days, tz=tz,
@@ -66,7 +67,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         return 1
     size = path.stat().st_size
     print(f"Dashboard written to {path} ({size / 1024:.0f} KB, {len(rows)} sessions, "
-          f"{time.perf_counter() - t0:.1f} s)")
+          f"{time.perf_counter() - t0:.1f} s; state root {state_root}, {stateroot.label(root_source)})")
     if not args.no_open:
         err = open_in_browser(path)
         if err:

@@ -26,15 +26,15 @@ from token_optimizer.audit.insight import (
 )
 from token_optimizer.audit.statestore import StateView, read_state
 from token_optimizer.audit.timeutil import parse_bound
+from token_optimizer.commands import stateroot
 from token_optimizer.commands.audit import _common, _print_json, _roots, _run_scan
 from token_optimizer.commands.render import fmt_tokens
-from token_optimizer.fsutil import resolve_paths
 
 DEFAULT_DAYS = 30
 
 
 def _state_root(args: argparse.Namespace) -> Path:
-    return resolve_paths(getattr(args, "home", None)).root
+    return stateroot.state_paths(args).root
 
 
 def _host_args(p: argparse.ArgumentParser) -> None:

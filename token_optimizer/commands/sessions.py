@@ -1,4 +1,9 @@
-"""``token-optimizer sessions`` and ``prune``: the session routing index, for operators."""
+"""``token-optimizer sessions`` and ``prune``: the session routing index, for operators.
+
+Both use the state root chosen by :mod:`token_optimizer.commands.stateroot`
+(``--home``, ``TOKEN_OPTIMIZER_HOME``, ``<HERMES_HOME>/token-optimizer`` when
+Hermes is the host in use, else the OpenClaw root) and name it in their output.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from token_optimizer.fsutil import StatePaths, resolve_paths
+from token_optimizer.commands import stateroot
+from token_optimizer.fsutil import StatePaths
 from token_optimizer.session_index import (
     SessionIndex,
     _agent_from_key,
@@ -53,7 +59,8 @@ def _print_json(obj: Any) -> None:
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:
-    paths = resolve_paths(getattr(args, "home", None))
+    """List the session index of the state root (see :mod:`token_optimizer.commands.stateroot`)."""
+    paths, source = stateroot.describe(args)
     idx = SessionIndex(paths)
     now = time.time()
     rows: list[dict[str, Any]] = []
@@ -74,10 +81,11 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         )
     rows.sort(key=lambda r: (r["age_seconds"] is None, r["age_seconds"] or 0.0))
     if args.json:
-        _print_json({"index": str(idx.path), "count": len(rows), "sessions": rows})
+        _print_json({"index": str(idx.path), "stateRoot": str(paths.root), "stateRootSource": source,
+                     "count": len(rows), "sessions": rows})
         return 0
     if not rows:
-        print(f"No sessions in the index ({idx.path}).")
+        print(f"No sessions in the index ({idx.path}; {stateroot.label(source)}).")
         return 0
     headers = ("SESSION KEY", "SESSION ID", "AGE", "SUSPENDED", "SIZE")
     table = [
@@ -94,14 +102,15 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for t in table:
         print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip())
-    print(f"{len(rows)} session(s) in {idx.path}")
+    print(f"{len(rows)} session(s) in {idx.path} ({stateroot.label(source)})")
     return 0
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    """Prune idle entries of the state root's session index (root as in ``sessions``)."""
     from token_optimizer.config import Config, coerce_max_age_days
 
-    paths = resolve_paths(getattr(args, "home", None))
+    paths, source = stateroot.describe(args)
     if args.max_age_days is None:
         days = Config.from_env().session_store_max_age_days
     else:
@@ -112,6 +121,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     count = len(keys)
     result = {
         "index": str(idx.path),
+        "stateRoot": str(paths.root),
+        "stateRootSource": source,
         "max_age_days": days,
         "dry_run": bool(args.dry_run),
         "disabled": days <= 0,
@@ -127,7 +138,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         return 0
     verb = "Would prune" if args.dry_run else "Pruned"
     print(
-        f"{verb} {count} of {total} session index entr{'y' if total == 1 else 'ies'} idle more than {days} days."
+        f"{verb} {count} of {total} session index entr{'y' if total == 1 else 'ies'} idle more than {days} days"
+        f" ({idx.path}; {stateroot.label(source)})."
     )
     for k in keys:
         print(f"  {k}")

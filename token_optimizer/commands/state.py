@@ -7,6 +7,10 @@ would inject now, through the hook's own code path
 were really not sent: blocked and delta reads) and *estimated* (counterfactuals:
 nudges, restores, followed hints, lean resumes; and every row written without a
 ``basis``, by the reference or by earlier versions).
+
+Each reads the state root chosen by :mod:`token_optimizer.commands.stateroot`
+(``--home``, ``TOKEN_OPTIMIZER_HOME``, ``<HERMES_HOME>/token-optimizer`` when
+Hermes is the host in use, else the OpenClaw root).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, TextIO
 
 from token_optimizer import fsutil, jsutil
 from token_optimizer.checkpoints import CheckpointInfo, CheckpointStore, list_checkpoints
-from token_optimizer.fsutil import StatePaths, resolve_paths
+from token_optimizer.commands import stateroot
+from token_optimizer.fsutil import StatePaths
 from token_optimizer.policy import CheckpointPolicy, PolicySettings
 from token_optimizer.telemetry import Telemetry, savings_by_session
 
@@ -60,14 +65,14 @@ def _fmt_num(v: float | None, suffix: str = "") -> str:
 
 
 def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    paths = resolve_paths(args.home)
+    paths, source = stateroot.describe(args)
     rows = all_checkpoints(paths, args.session)
     if args.json:
         out.write(jsutil.dumps_pretty([info.to_dict(name) for name, info in rows]) + "\n")
         return 0
     if not rows:
         where = f" for session {args.session}" if args.session else ""
-        out.write(f"No checkpoints{where} under {paths.checkpoints}\n")
+        out.write(f"No checkpoints{where} under {paths.checkpoints} ({stateroot.label(source)})\n")
         return 0
     from token_optimizer.commands.render import print_table
 
@@ -90,7 +95,7 @@ def find_checkpoint(paths: StatePaths, ident: str) -> tuple[list[tuple[str, Chec
 
 
 def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
-    paths = resolve_paths(args.home)
+    paths = stateroot.state_paths(args)
     ident = Path(args.id).name if args.id else ""
     if not ident:
         sys.stderr.write("checkpoints show: give a checkpoint file name or a prefix of one\n")
@@ -117,7 +122,7 @@ def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
     from token_optimizer.runtime import restore_injection
 
-    paths = resolve_paths(args.home)
+    paths = stateroot.state_paths(args)
     policy = _policy(paths)
     text = restore_injection(CheckpointStore(paths, policy), args.session)
     if text is None:
@@ -156,7 +161,7 @@ def _cmd_savings(args: argparse.Namespace, out: TextIO) -> int:
     if days is None:
         sys.stderr.write(f"--days must be a whole number from 1 to 3650, not {args.days!r}\n")
         return 2
-    rep = savings_report(resolve_paths(args.home), days)
+    rep = savings_report(stateroot.state_paths(args), days)
     if args.json:
         out.write(jsutil.dumps_pretty(rep) + "\n")
         return 0

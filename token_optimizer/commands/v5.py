@@ -7,7 +7,8 @@ import logging
 import sys
 from typing import Any, TextIO
 
-from token_optimizer.fsutil import StatePaths, resolve_paths
+from token_optimizer.commands import stateroot
+from token_optimizer.fsutil import StatePaths
 from token_optimizer.jsutil import dumps_pretty, js_number
 from token_optimizer.telemetry import (
     _V5_BY_ID,
@@ -62,7 +63,7 @@ def maybe_show_welcome(paths: StatePaths, out: TextIO) -> bool:
 
 def _cmd_v5(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
-    tel = Telemetry(resolve_paths(getattr(args, "home", None)))
+    tel = Telemetry(stateroot.state_paths(args))
     action = args.action
     if action == "list":
         action = "status"
