@@ -333,19 +333,9 @@ class CheckpointPolicy:
     def _lock_for(self, key: str) -> threading.RLock:
         return self._stripes.for_key(key)
 
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.paths.checkpoints
-
     def session_dir(self, session_id: str) -> Path:
         """``<root>/<sanitised id>`` (unresolved; no I/O)."""
         return self.paths.checkpoints / self.key_for(session_id)
-
-    def manifest_path(self, session_id: str) -> Path:
-        return self.session_dir(session_id) / MANIFEST_FILENAME
-
-    def state_path(self, session_id: str) -> Path:
-        return self.session_dir(session_id) / STATE_FILENAME
 
     def _root_dir(self, *, create: bool = False) -> fsutil.CheckedDir:
         """``checkpoints/``, reached from the state root without following a symlink."""

@@ -939,13 +939,7 @@ class TokenOptimizer:
                 entry = self.index.get(session_key)
                 sid = entry.get("session_id") if entry else None
                 return sid if isinstance(sid, str) and sid else None
-            best: tuple[str, str] | None = None
-            for entry in self.index.entries().values():
-                sid, upd = entry.get("session_id"), entry.get("updated_at")
-                if (isinstance(sid, str) and sid and isinstance(upd, str)
-                        and (best is None or upd >= best[0])):
-                    best = (upd, sid)
-            return best[1] if best else None
+            return self.index.most_recent_session_id()  # one query, not every entry
         except Exception:
             log.debug("persisted session lookup failed", exc_info=True)
             return None
