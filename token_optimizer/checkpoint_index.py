@@ -52,7 +52,7 @@ from pathlib import Path
 
 from token_optimizer.fsutil import O_NOFOLLOW, StatePaths, is_within, real_dir
 from token_optimizer.jsutil import loads, parse_iso_ms
-from token_optimizer.sqlite_util import immediate_tx, is_busy
+from token_optimizer.sqlite_util import immediate_tx, is_busy, open_wal
 
 log = logging.getLogger("token_optimizer")
 
@@ -221,15 +221,8 @@ class CheckpointIndex:
         return conn
 
     def _connect(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+        conn = open_wal(target, _SCHEMA, timeout_s=self.busy_timeout_s)
         try:
-            if target != ":memory:":
-                with contextlib.suppress(OSError):
-                    os.chmod(target, 0o600)
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
             got = conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
             if got is None:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))

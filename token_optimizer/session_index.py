@@ -65,7 +65,6 @@ import orjson
 
 from token_optimizer.bounded import BoundedMap
 from token_optimizer.fsutil import (
-    FILE_MODE,
     O_NOFOLLOW,
     StatePaths,
     UnsafePathError,
@@ -73,7 +72,7 @@ from token_optimizer.fsutil import (
     read_text_no_follow,
 )
 from token_optimizer.jsutil import iso_from_ms, parse_iso_ms
-from token_optimizer.sqlite_util import immediate_tx, is_busy
+from token_optimizer.sqlite_util import immediate_tx, is_busy, open_wal
 
 log = logging.getLogger("token_optimizer")
 
@@ -540,15 +539,8 @@ class SessionIndex:
         return True
 
     def _connect(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+        conn = open_wal(target, _SCHEMA, timeout_s=self.busy_timeout_s)
         try:
-            if target != ":memory:":
-                with contextlib.suppress(OSError):
-                    os.chmod(target, FILE_MODE)
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
             if conn.execute("SELECT count(*) FROM _README").fetchone()[0] == 0:
                 conn.execute("INSERT INTO _README VALUES(?)", (README_TEXT,))
         except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 
@@ -25,3 +26,22 @@ def immediate_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def open_wal(target: str, schema: str, *, timeout_s: float) -> sqlite3.Connection:
+    """A connection to one of our databases: owner-only file, WAL, ``synchronous=NORMAL``
+    (a killed process loses nothing; a power cut may lose the last moments), autocommit,
+    the schema applied. ``:memory:`` works the same without the file steps."""
+    conn = sqlite3.connect(target, timeout=timeout_s, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        if target != ":memory:":
+            with contextlib.suppress(OSError):
+                os.chmod(target, 0o600)
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(schema)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
