@@ -233,10 +233,6 @@ def test_hermes_cli_scan_equals_the_api_warm_and_cold(hermes_scan: Scanned) -> N
     assert s.warm_rows == s.cli_rows
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Hermes' in-place compression marks the old rows compacted and re-inserts the kept head "
-    "and tail as new rows: the reader counts those copies as messages, counts every compacted "
-    "row as a compaction, and takes tool calls from Hermes' post-compression counter"))
 def test_hermes_compacted_session_counts_each_message_once(hermes_scan: Scanned) -> None:
     s = hermes_scan
     sid = s.sids["first"]

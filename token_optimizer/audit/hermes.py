@@ -16,8 +16,22 @@ schema version 22):
   plus any residual of the session counters not covered by them (attributed to
   the session's model), so totals agree with ``hermes insights``.
 * ``messages``: read incrementally by ``id`` (AUTOINCREMENT, never reused) and
-  aggregated in SQL: roles, tool names, ``finish_reason``, tool errors,
-  ``compacted`` rows.
+  aggregated in SQL: roles, tool names, ``finish_reason``, tool errors.
+
+In-place compaction (``SessionDB.archive_and_compact``) UPDATEs every active row
+to ``active = 0, compacted = 1`` (ids unchanged) and INSERTs the compacted set --
+kept head, one summary message, kept tail -- as fresh rows. Counting rows would
+count the kept head and tail twice and every archived row as a compaction, and
+Hermes then resets ``sessions.tool_call_count``/``message_count`` to the live set.
+So a session whose new rows hold a summary or a ``compacted`` row (and from then
+on every time it grows) is re-aggregated from all its rows in id order: a row is
+a copy when it matches (role, content, tool call) an earlier archived row not
+already matched, the summary rows (content prefix ``[CONTEXT COMPACTION``/
+``[CONTEXT SUMMARY]:`` or the merged-into-tail delimiter; Hermes' in-process
+``_compressed_summary`` flag is not persisted) are neither messages nor copies,
+compactions are the distinct summaries, and tool calls are counted from the
+original assistant rows' ``tool_calls``. Sessions without compaction stay on the
+incremental path.
 
 Tool errors are the tool-result rows whose content is one of Hermes' error
 shapes (``Error…`` text or a JSON object with ``"error"``/``"success": false``).
@@ -25,6 +39,7 @@ shapes (``Error…`` text or a JSON object with ``"error"``/``"success": false``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -44,6 +59,18 @@ Progress = Callable[[int, int, str], None]
 
 _TOOL_ERROR_SQL = ("(role = 'tool' AND (content LIKE 'Error%' OR content LIKE '{\"error\"%' "
                    "OR content LIKE '{\"success\": false%' OR content LIKE '{\"success\":false%'))")
+
+
+# Hermes' summary row (agent/context_compressor.py): SUMMARY_PREFIX and its historical
+# versions start "[CONTEXT COMPACTION", LEGACY_SUMMARY_PREFIX is "[CONTEXT SUMMARY]:", and a
+# summary merged into the first tail message follows _MERGED_SUMMARY_DELIMITER.
+_SUMMARY_PREFIXES = ("[CONTEXT COMPACTION", "[CONTEXT SUMMARY]:")
+_MERGED_DELIMITER = "[END OF PRIOR CONTEXT — COMPACTION SUMMARY BELOW]"
+_SUMMARY_SQL = ("(role IN ('user', 'assistant') AND (ltrim(content) LIKE '[CONTEXT COMPACTION%' "
+                "OR ltrim(content) LIKE '[CONTEXT SUMMARY]:%' "
+                f"OR instr(content, '{_MERGED_DELIMITER}') > 0))")
+_CACHE_V = 2
+"""Version of this reader's cache entry (2: compaction-aware message aggregates)."""
 
 
 def default_home() -> Path:
@@ -101,47 +128,172 @@ class HermesStore:
     messages_read: int
 
 
+def _new_agg() -> dict[str, Any]:
+    return {"n": 0, "u": 0, "a": 0, "t": 0, "e": 0, "c": 0, "t0": None, "t1": None,
+            "fr": {}, "tn": {}}
+
+
+def _n_tool_calls(raw: Any) -> int:
+    """Tool calls in a stored ``tool_calls`` value, counted as Hermes' own counter does."""
+    if not raw:
+        return 0
+    try:
+        v = json.loads(raw)
+    except (TypeError, ValueError):
+        return 1
+    return len(v) if isinstance(v, list) else (1 if v else 0)
+
+
+def _call_ids(raw: Any) -> frozenset[str]:
+    try:
+        v = json.loads(raw) if raw else None
+    except (TypeError, ValueError):
+        return frozenset()
+    if not isinstance(v, list):
+        return frozenset()
+    return frozenset(str(tc.get("call_id") or tc.get("id")) for tc in v
+                     if isinstance(tc, dict) and (tc.get("call_id") or tc.get("id")))
+
+
+def _take(pool: dict[tuple[Any, ...], int],
+          loose: dict[tuple[Any, ...], list[tuple[frozenset[str], tuple[Any, ...]]]],
+          key: tuple[Any, ...], pre: tuple[Any, ...], ids: frozenset[str]) -> bool:
+    """Match a row to an unmatched earlier archived row (it is then a compaction copy)."""
+    cands = loose.get(pre, [])
+    if pool.get(key, 0) > 0:
+        hit = next(i for i, c in enumerate(cands) if c[1] == key)
+    elif key[0] == "assistant" and key[1] and ids:
+        hit = next((i for i, c in enumerate(cands) if ids <= c[0]), -1)
+        if hit < 0:
+            return False
+    else:
+        return False
+    pool[cands.pop(hit)[1]] -= 1
+    return True
+
+
+def _recompute(con: sqlite3.Connection, sid: str, cols: set[str]) -> dict[str, Any]:
+    """A compacted session's aggregates from all its rows, each message and compaction once."""
+    def col(c: str) -> str:
+        return f'"{c}"' if c in cols else "NULL"
+    rows = con.execute(
+        f"SELECT role, content, {col('tool_call_id')}, {col('tool_calls')}, {col('tool_name')}, "
+        f"{col('finish_reason')}, {col('compacted')}, timestamp, {_TOOL_ERROR_SQL}, "
+        f"{_SUMMARY_SQL} FROM messages WHERE session_id = ? ORDER BY id", (sid,)).fetchall()
+    keys = [((role, content, tcid, tcalls, tname), _call_ids(tcalls))
+            for role, content, tcid, tcalls, tname, *_ in rows]
+    summ = [bool(r[9]) for r in rows]
+    archived = [bool(r[6]) for r in rows]
+
+    def copies(eligible: list[bool]) -> list[bool]:
+        # archived rows not yet matched by a later copy, by exact key; by (role, content,
+        # tool call id, tool name) with their call ids for an assistant copy whose orphaned
+        # tool calls the compressor stripped (its calls are then a subset of the archived row's)
+        pool: dict[tuple[Any, ...], int] = {}
+        loose: dict[tuple[Any, ...], list[tuple[frozenset[str], tuple[Any, ...]]]] = {}
+        out = []
+        for i, (key, ids) in enumerate(keys):
+            pre = key[:3] + key[4:]
+            out.append(eligible[i] and not summ[i] and _take(pool, loose, key, pre, ids))
+            if archived[i] and not summ[i]:
+                pool[key] = pool.get(key, 0) + 1
+                loose.setdefault(pre, []).append((ids, key))
+        return out
+
+    # archive_and_compact inserts the kept head, the summary and the kept tail in one go, so a
+    # copy sits in an unbroken run of matching rows around a summary; a row that only repeats
+    # an earlier archived one ("continue" twice) elsewhere is a message of its own
+    tentative = copies([True] * len(rows))
+    eligible = [False] * len(rows)
+    start = 0
+    for i in range(len(rows) + 1):
+        if i < len(rows) and (tentative[i] or summ[i]):
+            continue
+        if any(summ[start:i]):
+            eligible[start:i] = [True] * (i - start)
+        start = i + 1
+    is_copy = copies(eligible)
+
+    a = _new_agg()
+    a["x"] = 1
+    a["tc"] = 0
+    for i, (role, _content, _tcid, tcalls, tname, fr, _comp, ts, err, _s) in enumerate(rows):
+        if ts is not None:
+            t = float(ts)
+            a["t0"] = t if a["t0"] is None or t < a["t0"] else a["t0"]
+            a["t1"] = t if a["t1"] is None or t > a["t1"] else a["t1"]
+        if summ[i] or is_copy[i]:
+            continue
+        a["n"] += 1
+        a["u"] += role == "user"
+        a["a"] += role == "assistant"
+        if role == "assistant":
+            a["tc"] += _n_tool_calls(tcalls)
+        if role == "tool":
+            a["t"] += 1
+            a["e"] += int(bool(err))
+            if tname is not None:
+                a["tn"][str(tname)] = a["tn"].get(str(tname), 0) + 1
+        if fr is not None:
+            a["fr"][str(fr)] = a["fr"].get(str(fr), 0) + 1
+    summaries = {r[1] for r, sm in zip(rows, summ, strict=True) if sm}
+    any_compacted = any(archived)
+    # compacted rows without a recognisable summary (a custom or failed summary) still
+    # mean the session was compacted at least once
+    a["c"] = len(summaries) or int(any_compacted)
+    return a
+
+
 def _read_messages(con: sqlite3.Connection, after: int,
                    agg: dict[str, dict[str, Any]]) -> tuple[int, int]:
     """Fold messages with ``id > after`` into ``agg``; returns (new watermark, rows read)."""
     cols = table_columns(con, "messages")
     if "session_id" not in cols:
         return after, 0
-    compacted = "sum(compacted)" if "compacted" in cols else "0"
     rows = con.execute(
         "SELECT session_id, count(*), sum(role = 'user'), sum(role = 'assistant'), "
-        f"sum(role = 'tool'), sum({_TOOL_ERROR_SQL}), {compacted}, max(id), "
+        f"sum(role = 'tool'), sum({_TOOL_ERROR_SQL}), max(id), "
         "min(timestamp), max(timestamp) FROM messages WHERE id > ? GROUP BY session_id",
         (after,)).fetchall()
     top = after
     n = 0
-    for sid, cnt, users, assts, tools, errs, comp, mx, t0, t1 in rows:
-        a = agg.setdefault(str(sid), {"n": 0, "u": 0, "a": 0, "t": 0, "e": 0, "c": 0,
-                                      "t0": None, "t1": None, "fr": {}, "tn": {}})
+    # sessions compacted before, or whose new rows show a compaction: re-aggregated whole
+    redo = {sid for sid, v in agg.items() if v.get("x")} & {str(r[0]) for r in rows}
+    if "content" in cols and "role" in cols:
+        flag = f"{_SUMMARY_SQL} OR compacted = 1" if "compacted" in cols else _SUMMARY_SQL
+        redo |= {str(r[0]) for r in con.execute(
+            f"SELECT DISTINCT session_id FROM messages WHERE id > ? AND ({flag})", (after,))}
+    for sid, cnt, users, assts, tools, errs, mx, t0, t1 in rows:
+        top = max(top, int(mx))
+        n += int(cnt or 0)
+        if str(sid) in redo:
+            continue
+        a = agg.setdefault(str(sid), _new_agg())
         a["n"] += int(cnt or 0)
         a["u"] += int(users or 0)
         a["a"] += int(assts or 0)
         a["t"] += int(tools or 0)
         a["e"] += int(errs or 0)
-        a["c"] += int(comp or 0)
         if t0 is not None and (a["t0"] is None or t0 < a["t0"]):
             a["t0"] = float(t0)
         if t1 is not None and (a["t1"] is None or t1 > a["t1"]):
             a["t1"] = float(t1)
-        top = max(top, int(mx))
-        n += int(cnt or 0)
     if "finish_reason" in cols:
         for sid, fr, cnt in con.execute(
                 "SELECT session_id, finish_reason, count(*) FROM messages "
                 "WHERE id > ? AND finish_reason IS NOT NULL GROUP BY 1, 2", (after,)):
-            d = agg[str(sid)]["fr"]
-            d[str(fr)] = d.get(str(fr), 0) + int(cnt)
+            if str(sid) not in redo:
+                d = agg[str(sid)]["fr"]
+                d[str(fr)] = d.get(str(fr), 0) + int(cnt)
     if "tool_name" in cols:
         for sid, tn, cnt in con.execute(
                 "SELECT session_id, tool_name, count(*) FROM messages "
                 "WHERE id > ? AND role = 'tool' AND tool_name IS NOT NULL GROUP BY 1, 2", (after,)):
-            d = agg[str(sid)]["tn"]
-            d[str(tn)] = d.get(str(tn), 0) + int(cnt)
+            if str(sid) not in redo:
+                d = agg[str(sid)]["tn"]
+                d[str(tn)] = d.get(str(tn), 0) + int(cnt)
+    for sid in sorted(redo):
+        agg[sid] = _recompute(con, sid, cols)
     return top, n
 
 
@@ -149,6 +301,8 @@ def read_store(profile: str, path: Path, cache: AuditCache) -> HermesStore:
     key = f"hermes:db:{path}"
     stamp = store_stamp(path)
     cached = cache.get(key)
+    if cached and cached.get("v") != _CACHE_V:
+        cached = None
     if cached and stamp is not None and cached.get("stamp") == list(stamp):
         return HermesStore(profile, path, cached["sessions"], cached["usage"], cached["messages"], 0)
     try:
@@ -175,7 +329,7 @@ def read_store(profile: str, path: Path, cache: AuditCache) -> HermesStore:
         agg = {k: v for k, v in agg.items() if k in live}
     finally:
         con.close()
-    cache.put(key, {"stamp": list(stamp) if stamp else None, "ino": ino, "watermark": watermark,
+    cache.put(key, {"v": _CACHE_V, "stamp": list(stamp) if stamp else None, "ino": ino, "watermark": watermark,
                     "sessions": sessions, "usage": usage, "messages": agg})
     return HermesStore(profile, path, sessions, usage, agg, n)
 
@@ -278,6 +432,7 @@ def build_rows(store: HermesStore, pricer: Pricer) -> list[SessionRow]:
             parts = sid[5:].rsplit("_", 2)
             cron_job = parts[0] if len(parts) == 3 else None
         tool_names = sorted(m.get("tn", {}))
+        compacted = bool(m.get("x"))
         row = SessionRow(
             host="hermes", session_id=sid, agent=store.profile,
             project=str(s["git_repo_root"] or s["cwd"] or store.profile),
@@ -286,10 +441,13 @@ def build_rows(store: HermesStore, pricer: Pricer) -> list[SessionRow]:
             source=f"{store.path}#sessions", session_key=s["session_key"],
             reasoning_tokens=max(_i(s["reasoning_tokens"]), sums[4]),
             run_type="cron" if src == "cron" else "manual", cron_job=cron_job,
-            message_count=_i(s["message_count"]) or int(m.get("n", 0)),
+            # after a compaction Hermes' counters track only the live (compacted) set
+            message_count=int(m.get("n", 0)) if compacted else
+            _i(s["message_count"]) or int(m.get("n", 0)),
             user_messages=int(m.get("u", 0)), assistant_messages=int(m.get("a", 0)),
             api_calls=_i(s["api_call_count"]),
-            tool_calls=_i(s["tool_call_count"]) or int(m.get("t", 0)),
+            tool_calls=(int(m.get("tc", 0)) or int(m.get("t", 0))) if compacted else
+            _i(s["tool_call_count"]) or int(m.get("t", 0)),
             tool_errors=int(m.get("e", 0)), tools=tool_names,
             stop_reasons=dict(m.get("fr", {})),
             error_turns=int(m.get("fr", {}).get("error", 0)),
