@@ -471,11 +471,20 @@ class CheckedDir:
                 raise UnsafePathError(f"refusing to replace non-regular file or symlink: {self.path / name}")
         except FileNotFoundError:
             pass
+        payload = _bytes(data)
+        self.replace_via_temp(name, lambda fd: _write_all(fd, payload), mode, durable=durable)
+
+    def replace_via_temp(self, name: str, fill: Callable[[int], None], mode: int = FILE_MODE,
+                         *, durable: bool = True) -> None:
+        """Create a unique temp file, let ``fill`` write it, (fsync,) rename it over ``name``.
+
+        The temp file is removed when anything fails; the rename is the commit point.
+        """
         tmp = temp_name(name)
         fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             try:
-                _write_all(fd, _bytes(data))
+                fill(fd)
                 if durable:
                     os.fsync(fd)
             finally:
@@ -907,29 +916,17 @@ def rewrite_jsonl(d: CheckedDir, name: str, keep: Callable[[dict[str, Any]], boo
             kept = kept[start:]
         if dropped == 0:
             return 0
-        out = b"".join(k + b"\n" for k in kept)
-        tmp = temp_name(name)
-        tfd = d.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            try:
-                _write_all(tfd, out)
-                # rows appended meanwhile (the read position is at the old end)
-                while extra := os.read(fd, 1 << 20):
-                    if out and not out.endswith(b"\n"):
-                        extra = b"\n" + extra
-                    _write_all(tfd, extra)
-                    out = extra
-                if durable:
-                    os.fsync(tfd)
-            finally:
-                os.close(tfd)
-            d.rename(tmp, name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                d.unlink(tmp)
-            raise
-        if durable:
-            d.fsync()
+        def fill(tfd: int) -> None:
+            out = b"".join(k + b"\n" for k in kept)
+            _write_all(tfd, out)
+            # rows appended meanwhile (the read position is at the old end)
+            while extra := os.read(fd, 1 << 20):
+                if out and not out.endswith(b"\n"):
+                    extra = b"\n" + extra
+                _write_all(tfd, extra)
+                out = extra
+
+        d.replace_via_temp(name, fill, durable=durable)
         return dropped
     finally:
         os.close(fd)
