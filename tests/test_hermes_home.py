@@ -122,3 +122,16 @@ def test_adopted_checkpoints_are_restorable(tmp_path: Path) -> None:
     text = rt_new.store.restore("h1")
     assert text is not None and "Task: fix the lexer" in text
     rt_new.close()
+
+
+def test_session_ids_read_from_a_home_whose_path_has_uri_characters(tmp_path: Path) -> None:
+    # "?", "#" and "%" in a directory name must not change which file SQLite opens.
+    home = tmp_path / "we?ird#home%41"
+    home.mkdir()
+    db = home / "state.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE sessions (id TEXT PRIMARY KEY)")
+    con.executemany("INSERT INTO sessions VALUES (?)", [("s-1",), ("s-2",)])
+    con.commit()
+    con.close()
+    assert hermes_home.hermes_session_ids(db) == {"s-1", "s-2"}

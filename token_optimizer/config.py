@@ -50,8 +50,6 @@ def coerce_max_age_days(value: object, *, source: str = "config") -> int:
         return DEFAULT_SESSION_STORE_MAX_AGE_DAYS
     setting = st.SESSION_STORE_MAX_AGE_DAYS
     try:
-        if isinstance(value, bool):
-            raise st.Invalid("a whole number of days")
         n: int = setting.parse(value)
     except st.Invalid as exc:
         st.warn_invalid(st.Resolved(setting, DEFAULT_SESSION_STORE_MAX_AGE_DAYS, source, value,

@@ -50,7 +50,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,8 +321,6 @@ SETTINGS: tuple[Setting, ...] = (
     TEST_CACHE,
 )
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS if s.env}
-BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS if s.key}
-PLUGIN_KEYS = frozenset(k for s in SETTINGS for k in (s.key, s.alias) if k)
 
 
 def user_facing() -> list[Setting]:
@@ -418,10 +416,6 @@ def resolve(setting: Setting, sources: Sources, file_value: object = None) -> Re
         return Resolved(setting, setting.parse(raw), source, raw)
     except Invalid as exc:
         return Resolved(setting, setting.default, source, raw, f"expected {exc}")
-
-
-def resolve_all(sources: Sources, settings: Iterable[Setting] = SETTINGS) -> list[Resolved]:
-    return [resolve(s, sources) for s in settings]
 
 
 def env_value(setting: Setting, env: Mapping[str, str] | None = None) -> Any:

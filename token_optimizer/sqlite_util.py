@@ -5,7 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
+
+
+def ro_uri(path: str | os.PathLike[str]) -> str:
+    """A ``file:`` URI opening ``path`` read-only (the path percent-encoded, so ``?``/``#``/``%``
+    in a directory name cannot change what is opened)."""
+    return "file:" + urllib.parse.quote(str(Path(path).absolute()), safe="/:") + "?mode=ro"
 
 
 def is_busy(err: BaseException) -> bool:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import urllib.parse
-from pathlib import Path
+
+from token_optimizer.sqlite_util import ro_uri
 
 Stamp = tuple[int, int, int, int]
 
 
 def connect_ro(path: str | os.PathLike[str], *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:
     """A read-only connection to ``path`` (raises ``sqlite3.Error`` when it cannot be opened)."""
-    p = Path(path).absolute()
-    uri = "file:" + urllib.parse.quote(str(p)) + "?mode=ro"
-    con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+    con = sqlite3.connect(ro_uri(path), uri=True, isolation_level=None, check_same_thread=False,
                           timeout=busy_timeout_ms / 1000)
     try:
         con.execute("PRAGMA query_only = 1")

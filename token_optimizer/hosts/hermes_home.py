@@ -27,6 +27,7 @@ from pathlib import Path
 from token_optimizer import fsutil, settings
 from token_optimizer.fsutil import sanitize_checkpoint_id
 from token_optimizer.jsutil import dumps_compact, loads
+from token_optimizer.sqlite_util import ro_uri
 
 log = logging.getLogger("token_optimizer.hosts.hermes")
 
@@ -58,7 +59,7 @@ def hermes_session_ids(state_db: Path | None) -> set[str]:
     if state_db is None or not state_db.is_file():
         return set()
     try:
-        con = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1.0)
+        con = sqlite3.connect(ro_uri(state_db), uri=True, timeout=1.0)
     except sqlite3.Error:
         return set()
     try:

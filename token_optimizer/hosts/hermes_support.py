@@ -25,6 +25,7 @@ from typing import Any
 
 from token_optimizer.bounded import BoundedMap
 from token_optimizer.quality import context_window_for_model
+from token_optimizer.sqlite_util import ro_uri
 
 log = logging.getLogger("token_optimizer.hosts.hermes")
 
@@ -151,7 +152,7 @@ class StateDb:
             return None
         con: sqlite3.Connection | None = None
         try:
-            uri = "file:" + _uri_path(p) + "?mode=ro"
+            uri = ro_uri(p)
             con = sqlite3.connect(uri, uri=True, timeout=STATE_DB_TIMEOUT_S,
                                   check_same_thread=False)
             con.execute("PRAGMA query_only = ON")
@@ -173,12 +174,6 @@ class StateDb:
             if con is not None:
                 with contextlib.suppress(Exception):
                     con.close()
-
-
-def _uri_path(p: Path) -> str:
-    from urllib.parse import quote
-
-    return quote(str(p.absolute()), safe="/:")
 
 
 class BackgroundWorker:

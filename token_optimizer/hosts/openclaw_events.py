@@ -116,13 +116,18 @@ def messages_from_payload(raw: object) -> list[Message] | None:
     return out
 
 
+def _prompt_parts(u: Mapping[str, Any]) -> tuple[object, object, object]:
+    """Raw fresh input, cache read and cache write of a usage object (either spelling)."""
+    return (u.get("input", u.get("input_tokens", u.get("inputTokens"))),
+            u.get("cacheRead", u.get("cache_read_input_tokens")),
+            u.get("cacheWrite", u.get("cache_creation_input_tokens")))
+
+
 def _prompt_of_call(usage: object) -> int | None:
     """Prompt size of one model call from its usage: fresh input + cache read + cache write."""
     if not isinstance(usage, Mapping):
         return None
-    parts = (usage.get("input", usage.get("input_tokens", usage.get("inputTokens"))),
-             usage.get("cacheRead", usage.get("cache_read_input_tokens")),
-             usage.get("cacheWrite", usage.get("cache_creation_input_tokens")))
+    parts = _prompt_parts(usage)
     if all(p is None for p in parts):
         return None
     return sum(token_count(p) for p in parts)
@@ -139,13 +144,14 @@ def usage_from_payload(event: Mapping[str, Any], ident: Identity) -> Usage | Non
     budget = event.get("contextTokenBudget")
     last = event.get("lastAssistant")
     prompt = _prompt_of_call(last.get("usage")) if isinstance(last, Mapping) else None
+    fresh, cache_read, cache_write = _prompt_parts(u)
     return Usage(
         ident=ident,
         model=_str_or_none(event.get("model")),
-        input_tokens=token_count(u.get("input", u.get("input_tokens", u.get("inputTokens")))),
+        input_tokens=token_count(fresh),
         output_tokens=token_count(u.get("output", u.get("output_tokens", u.get("outputTokens")))),
-        cache_read_tokens=token_count(u.get("cacheRead", u.get("cache_read_input_tokens"))),
-        cache_write_tokens=token_count(u.get("cacheWrite", u.get("cache_creation_input_tokens"))),
+        cache_read_tokens=token_count(cache_read),
+        cache_write_tokens=token_count(cache_write),
         prompt_tokens=prompt or None,
         context_budget=token_count(budget) or None,
     )
