@@ -64,7 +64,6 @@ _TOOL_ERROR_SQL = ("(role = 'tool' AND (content LIKE 'Error%' OR content LIKE '{
 # Hermes' summary row (agent/context_compressor.py): SUMMARY_PREFIX and its historical
 # versions start "[CONTEXT COMPACTION", LEGACY_SUMMARY_PREFIX is "[CONTEXT SUMMARY]:", and a
 # summary merged into the first tail message follows _MERGED_SUMMARY_DELIMITER.
-_SUMMARY_PREFIXES = ("[CONTEXT COMPACTION", "[CONTEXT SUMMARY]:")
 _MERGED_DELIMITER = "[END OF PRIOR CONTEXT — COMPACTION SUMMARY BELOW]"
 _SUMMARY_SQL = ("(role IN ('user', 'assistant') AND (ltrim(content) LIKE '[CONTEXT COMPACTION%' "
                 "OR ltrim(content) LIKE '[CONTEXT SUMMARY]:%' "

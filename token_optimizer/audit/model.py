@@ -30,7 +30,6 @@ CostBasis = Literal["recorded", "estimated", "included", "table", "unpriced", "n
 * ``none``: no tokens at all.
 """
 
-TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
 
 
 @dataclass

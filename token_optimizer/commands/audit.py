@@ -32,7 +32,14 @@ from token_optimizer.audit.money import Pricer
 from token_optimizer.audit.scan import Roots, ScanResult, detect, has_store, scan
 from token_optimizer.audit.timeutil import iso_ms, local_day, parse_bound, resolve_tz
 from token_optimizer.commands import stateroot
-from token_optimizer.commands.render import ProgressReporter, fmt_tokens, fmt_usd, print_table
+from token_optimizer.commands.render import (
+    ProgressReporter,
+    fmt_bytes,
+    fmt_tokens,
+    fmt_usd,
+    print_json,
+    print_table,
+)
 from token_optimizer.fsutil import default_home
 
 if TYPE_CHECKING:
@@ -52,9 +59,6 @@ ICONS = {"critical": "!!!", "high": " !!", "medium": "  !", "low": "  ."}
 # ---------------------------------------------------------------- shared
 
 
-def _print_json(obj: Any, *, compact: bool = False) -> None:
-    opt = 0 if compact else orjson.OPT_INDENT_2
-    sys.stdout.write(orjson.dumps(obj, option=opt | orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 
 def _redact(obj: Any, home: str) -> Any:
@@ -68,12 +72,6 @@ def _redact(obj: Any, home: str) -> Any:
     if isinstance(obj, dict):
         return {k: _redact(v, home) for k, v in obj.items()}
     return obj
-
-
-def redacted_json(obj: Any, home: str) -> bytes:
-    """``orjson.dumps(_redact(obj, home), OPT_INDENT_2 | OPT_NON_STR_KEYS)``."""
-    return redact_json_bytes(
-        orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS), home)
 
 
 def redact_json_bytes(out: bytes, home: str) -> bytes:
@@ -202,7 +200,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     oc = next((h for h in info["hosts"] if h["host"] == "openclaw"), None)
     if args.json:
         # ``found``/``path`` keep the reference's keys; ``hosts`` lists every store.
-        _print_json({"found": info["found"],
+        print_json({"found": info["found"],
                      "path": oc["root"] if oc and oc["found"] else None,
                      "hosts": info["hosts"]}, compact=True)
         return 0
@@ -212,21 +210,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             print(f"{name}: not found at {h['root']}")
             continue
         total = sum(int(s.get("bytes", 0)) for s in h["stores"])
-        print(f"{name}: found at {h['root']} ({_fmt_bytes(total)})")
+        print(f"{name}: found at {h['root']} ({fmt_bytes(total)})")
         for s in h["stores"]:
             who = s.get("agent") or s.get("profile") or ""
             extra = f", {s['files']} files" if "files" in s else ""
-            print(f"  {s['kind']:<17} {who:<12} {_fmt_bytes(int(s['bytes'])):>9}{extra}  {s['path']}")
+            print(f"  {s['kind']:<17} {who:<12} {fmt_bytes(int(s['bytes'])):>9}{extra}  {s['path']}")
     return 0 if info["found"] else 1
 
 
-def _fmt_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 # ---------------------------------------------------------------- scan
@@ -378,7 +369,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         rep["timezone"] = str(tz)
         rep["window"] = window
-        _print_json(_redact(rep, str(default_home())))
+        print_json(_redact(rep, str(default_home())))
         return 0
     if not rep["rows"]:
         print("No sessions found.")
@@ -465,7 +456,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         rep["timezone"] = str(tz)
         rep["window"] = window
-        _print_json(_redact(rep, str(default_home())))
+        print_json(_redact(rep, str(default_home())))
         return code
     span = f"last {days} days" if days else "selected window"
     print(f"Token Optimizer audit ({span})")
@@ -568,7 +559,7 @@ def _cmd_budget(args: argparse.Namespace) -> int:
     rep = build_budget(rows, limits, tz)
     code = EXIT_OVER_BUDGET if (args.check and rep["exceeded"]) else 0
     if args.json:
-        _print_json(rep)
+        print_json(rep)
         return code
     if not limits.any:
         print("No budget set. Set TOKEN_OPTIMIZER_BUDGET_DAILY_USD and/or "

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from token_optimizer.commands import stateroot
-from token_optimizer.commands.audit import _common, _print_json, _run_scan
-from token_optimizer.commands.insight import context_audits
+from token_optimizer.commands.audit import _common, _run_scan
+from token_optimizer.commands.insight import _not_found, context_audits
+from token_optimizer.commands.render import print_json
 
 DEFAULT_DAYS = 30
 
@@ -46,8 +47,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
     audits = context_audits(args)
     if not any(a.found for a in audits):
-        print("No OpenClaw or Hermes install found (see `token-optimizer detect`).", file=sys.stderr)
-        return 1
+        return _not_found()
     t0 = time.perf_counter()
     _res, rows, tz, _window = _run_scan(args, DEFAULT_DAYS)
     state_paths, root_source = stateroot.describe(args)
@@ -57,7 +57,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     data = build_data(rows, state=read_state(state_root), audits=audits, days=days, tz=tz,
                       findings=findings, findings_source=source)
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
     out = Path(args.out).expanduser() if args.out else state_root / "dashboard.html"
     try:

@@ -27,8 +27,8 @@ from token_optimizer.audit.insight import (
 from token_optimizer.audit.statestore import StateView, read_state
 from token_optimizer.audit.timeutil import parse_bound
 from token_optimizer.commands import stateroot
-from token_optimizer.commands.audit import _common, _print_json, _roots, _run_scan
-from token_optimizer.commands.render import fmt_tokens
+from token_optimizer.commands.audit import _common, _roots, _run_scan
+from token_optimizer.commands.render import fmt_tokens, print_json
 
 DEFAULT_DAYS = 30
 
@@ -54,6 +54,13 @@ def context_audits(args: argparse.Namespace) -> list[ContextAudit]:
     return out
 
 
+def _any_install(args: argparse.Namespace) -> bool:
+    """Whether an OpenClaw or Hermes install is there (what ``ContextAudit.found`` says),
+    without reading its configuration."""
+    roots = _roots(args)
+    return any(r is not None and r.is_dir() for r in (roots.openclaw, roots.hermes))
+
+
 def _not_found() -> int:
     print("No OpenClaw or Hermes install found (see `token-optimizer detect`).", file=sys.stderr)
     return 1
@@ -67,7 +74,7 @@ def _cmd_context(args: argparse.Namespace) -> int:
     if not audits:
         return _not_found()
     if args.json:
-        _print_json({"hosts": [a.to_json() for a in audits]})
+        print_json({"hosts": [a.to_json() for a in audits]})
         return 0
     for a in audits:
         name = "OpenClaw" if a.host == "openclaw" else "Hermes"
@@ -100,13 +107,13 @@ def _cmd_context(args: argparse.Namespace) -> int:
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
-    if not any(a.found for a in context_audits(args)):
+    if not _any_install(args):
         return _not_found()
     _res, rows, _tz, window = _run_scan(args, DEFAULT_DAYS)
     state = read_state(_state_root(args))
     rep, extra = quality_report(rows, state)
     if args.json:
-        _print_json({**rep.to_dict(), **extra, "window": window})
+        print_json({**rep.to_dict(), **extra, "window": window})
         return 0
     print(f"Quality score: {rep.grade} ({rep.score}/100) ({rep.band})")
     print("=" * 50)
@@ -134,7 +141,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     if args.snapshot:
         path = save_snapshot(root, snap)
         if args.json:
-            _print_json({"saved": str(path), "snapshot": snap})
+            print_json({"saved": str(path), "snapshot": snap})
         else:
             print(f"Snapshot saved: {path}")
         return 0
@@ -144,7 +151,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
                                   "changes": [],
                                   "hint": "no snapshot yet: run `token-optimizer drift --snapshot` first"}
         if args.json:
-            _print_json(report)
+            print_json(report)
         else:
             print("No snapshot to compare with yet; run `token-optimizer drift --snapshot` first.")
         return 0
@@ -153,7 +160,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     report = {"hasDrift": bool(changes), "snapshotDate": snapshot_date(name), "snapshotFile": name,
               "snapshotCapturedAt": old.get("capturedAt"), "changes": changes}
     if args.json:
-        _print_json(report)
+        print_json(report)
         return 0
     if not changes:
         print(f"No drift since {report['snapshotDate']}.")
@@ -192,14 +199,14 @@ def _split_point(args: argparse.Namespace, state: StateView, tz: Any) -> tuple[f
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    if not any(a.found for a in context_audits(args)):
+    if not _any_install(args):
         return _not_found()
     _res, rows, tz, window = _run_scan(args, DEFAULT_DAYS)
     state = read_state(_state_root(args))
     at_ms, label = _split_point(args, state, tz)
     res = validate(rows, state, at_ms=at_ms, at_label=label, strategy=args.strategy)
     if args.json:
-        _print_json({**res, "window": window})
+        print_json({**res, "window": window})
         return 0
     print(f"  VALIDATE: IMPACT OF A CHANGE ({res['strategy']} split)")
     print(f"  Split {res['splitLabel']}")

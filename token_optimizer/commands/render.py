@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+import orjson
+
 Progress = Callable[[int, int, str], None]
 
 
@@ -21,6 +23,22 @@ def _rich_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def print_json(obj: Any, *, compact: bool = False) -> None:
+    """``obj`` as JSON on stdout (indented unless ``compact``; non-string keys allowed)."""
+    opt = 0 if compact else orjson.OPT_INDENT_2
+    sys.stdout.write(orjson.dumps(obj, option=opt | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+
+
+def fmt_bytes(n: int, units: Sequence[str] = ("B", "KB", "MB", "GB")) -> str:
+    """``n`` bytes in the largest of ``units`` (steps of 1024) under 1024, one decimal."""
+    size = float(n)
+    for unit in units:
+        if size < 1024 or unit == units[-1]:
+            return f"{size:.0f} {unit}" if unit == units[0] else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} {units[0]}"
 
 
 def fmt_tokens(n: float) -> str:

@@ -12,9 +12,8 @@ import math
 import time
 from typing import Any
 
-import orjson
-
 from token_optimizer.commands import stateroot
+from token_optimizer.commands.render import fmt_bytes, print_json
 from token_optimizer.fsutil import StatePaths
 from token_optimizer.session_index import (
     SessionIndex,
@@ -46,16 +45,7 @@ def _fmt_age(seconds: float) -> str:
 
 
 def _fmt_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def _print_json(obj: Any) -> None:
-    print(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode("utf-8"))
+    return fmt_bytes(n, ("B", "KiB", "MiB", "GiB"))
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:
@@ -81,7 +71,7 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         )
     rows.sort(key=lambda r: (r["age_seconds"] is None, r["age_seconds"] or 0.0))
     if args.json:
-        _print_json({"index": str(idx.path), "stateRoot": str(paths.root), "stateRootSource": source,
+        print_json({"index": str(idx.path), "stateRoot": str(paths.root), "stateRootSource": source,
                      "count": len(rows), "sessions": rows})
         return 0
     if not rows:
@@ -131,7 +121,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         "remaining": total - (0 if args.dry_run else count),
     }
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     if days <= 0:
         print("Pruning is disabled (max age 0 days); nothing removed.")
