@@ -50,7 +50,14 @@ import threading
 import time
 from pathlib import Path
 
-from token_optimizer.fsutil import O_NOFOLLOW, StatePaths, is_within, real_dir
+from token_optimizer.fsutil import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    StatePaths,
+    is_within,
+    real_dir,
+)
 from token_optimizer.jsutil import loads, parse_iso_ms
 from token_optimizer.sqlite_util import immediate_tx, is_busy, open_wal
 
@@ -72,9 +79,6 @@ DAY_MS = 86_400_000
 ROOT_STABLE_NS = 50_000_000
 """A root mtime this much older than the clock is trusted (coarse file-system clocks)."""
 
-_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
 Row = tuple[str, str, str, float]
 """``(realpath, session directory name, trigger, createdAt ms)``."""
 Listed = tuple[str, str, str, float, tuple[int, int, int]]
@@ -93,8 +97,11 @@ CREATE INDEX IF NOT EXISTS checkpoints_newest ON checkpoints(created_ms DESC, di
 """
 
 
-def parse_manifest_line(line: str, session_dir: Path) -> Row | None:
-    """One manifest line -> an index row, or ``None`` (bad JSON, missing keys, unsafe file)."""
+def parse_manifest_line(line: str, session_dir: Path, real_session_dir: Path | None = None) -> Row | None:
+    """One manifest line -> an index row, or ``None`` (bad JSON, missing keys, unsafe file).
+
+    ``real_session_dir`` is ``session_dir``'s real path when the caller already has it.
+    """
     try:
         row = loads(line)
     except ValueError:
@@ -120,7 +127,8 @@ def parse_manifest_line(line: str, session_dir: Path) -> Row | None:
         return None
     real = os.path.realpath(target)
     try:
-        if not is_within(Path(os.path.realpath(session_dir)), Path(real)):
+        base = real_session_dir or Path(os.path.realpath(session_dir))
+        if not is_within(base, Path(real)):
             return None
     except OSError:
         return None
@@ -129,7 +137,7 @@ def parse_manifest_line(line: str, session_dir: Path) -> Row | None:
 
 def _read_from(path: Path, offset: int) -> bytes:
     """Bytes of a regular file from ``offset`` (refuses symlinks, FIFOs and the like)."""
-    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"not a regular file: {path}")
@@ -303,6 +311,7 @@ class CheckpointIndex:
             return
         conn.execute("DELETE FROM checkpoints WHERE dir=? AND off>=?", (name, start))
         rows: list[tuple[str, int, str, str, float]] = []
+        real_session = Path(os.path.realpath(session_dir))  # the same for every line
         pos = 0
         end = len(data)
         while pos < end:
@@ -310,7 +319,8 @@ class CheckpointIndex:
             stop = end if nl < 0 else nl
             line = data[pos:stop]
             if line:
-                got = parse_manifest_line(line.decode("utf-8", errors="replace"), session_dir)
+                got = parse_manifest_line(line.decode("utf-8", errors="replace"), session_dir,
+                                          real_session)
                 if got is not None:
                     rows.append((name, start + pos, got[0], got[2], got[3]))
             if nl < 0:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import re
 import stat
@@ -930,6 +931,20 @@ def rewrite_jsonl(d: CheckedDir, name: str, keep: Callable[[dict[str, Any]], boo
         return dropped
     finally:
         os.close(fd)
+
+
+def prune_jsonl_by_age(d: CheckedDir, name: str, days: float, max_bytes: int) -> int:
+    """Drop rows of ``name`` whose ``timestamp`` is unparsable or older than ``days``, then the
+    oldest rows past ``max_bytes``; returns how many were dropped."""
+    from token_optimizer.jsutil import now_ms, parse_iso_ms
+
+    cutoff = now_ms() - days * 86_400_000
+
+    def fresh(row: dict[str, Any]) -> bool:
+        ts = parse_iso_ms(row.get("timestamp"))
+        return not math.isnan(ts) and ts >= cutoff
+
+    return rewrite_jsonl(d, name, fresh, max_bytes=max_bytes)
 
 
 def trim_jsonl_tail(d: CheckedDir, name: str, keep_bytes: int, *, durable: bool = True) -> int:

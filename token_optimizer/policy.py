@@ -805,11 +805,7 @@ class CheckpointPolicy:
                     d = root.subdir(name)
                 except OSError:
                     continue  # a file, a symlink or gone
-                with d, d.lock():
-                    removed += _clean_session_dir(d, cutoff_ns)
-                    with contextlib.suppress(OSError):
-                        if not d.listdir():
-                            root.rmdir(name)
+                removed += _clean_and_drop_empty(root, d, name, cutoff_ns)
         return removed
 
     def cleanup_session(self, session_id: str, max_age_days: int = 7, *,
@@ -828,25 +824,14 @@ class CheckpointPolicy:
                 d = root.subdir(name)
             except OSError:
                 return 0
-            with d, d.lock():
-                removed = _clean_session_dir(d, cutoff_ns)
-                with contextlib.suppress(OSError):
-                    if not d.listdir():
-                        root.rmdir(name)
-            return removed
+            return _clean_and_drop_empty(root, d, name, cutoff_ns)
 
     def prune_events(self, days: int = 90, max_bytes: int = EVENTS_MAX_BYTES) -> int:
         """``checkpoint-events.jsonl``: drop unparsable rows, rows older than ``days`` and the
         oldest rows past ``max_bytes`` (the reference never prunes it). Never raises."""
-        cutoff = jsutil.now_ms() - days * _DAY_MS
-
-        def fresh(row: dict[str, Any]) -> bool:
-            ts = jsutil.parse_iso_ms(row.get("timestamp"))
-            return not math.isnan(ts) and ts >= cutoff
-
         try:
             with self._root_dir() as d:
-                return fsutil.rewrite_jsonl(d, EVENTS_FILENAME, fresh, max_bytes=max_bytes)
+                return fsutil.prune_jsonl_by_age(d, EVENTS_FILENAME, days, max_bytes)
         except OSError:
             return 0
 
@@ -923,6 +908,17 @@ def _scan_root(rd: fsutil.CheckedDir, root: Path, issues: list[str]) -> tuple[in
                 elif fname == STATE_FILENAME:
                     policies += 1
     return sessions, checkpoints, policies, total_bytes
+
+
+def _clean_and_drop_empty(root: fsutil.CheckedDir, d: fsutil.CheckedDir, name: str,
+                          cutoff_ns: Fraction) -> int:
+    """Clean session directory ``d`` (``root/name``) under its lock; remove it once empty."""
+    with d, d.lock():
+        removed = _clean_session_dir(d, cutoff_ns)
+        with contextlib.suppress(OSError):
+            if not d.listdir():
+                root.rmdir(name)
+    return removed
 
 
 def _clean_session_dir(d: fsutil.CheckedDir, cutoff_ns: Fraction) -> int:

@@ -203,6 +203,20 @@ def _empty_cache() -> dict[str, Any]:
 # ---------------------------------------------------------------- the cache
 
 
+
+def _drop_oldest(entries: dict[str, Any], cap: int, stamp: str) -> None:
+    """Delete the entries with the smallest ``stamp`` field until at most ``cap`` remain."""
+    excess = len(entries) - cap
+    if excess <= 0:
+        return
+
+    def when(k: str) -> float:
+        e = entries[k]
+        return _num(e.get(stamp), 0) if isinstance(e, dict) else 0
+
+    for k in sorted(entries, key=when)[:excess]:
+        del entries[k]
+
 class ReadCache:
     """Per-session read bookkeeping; see the module docstring."""
 
@@ -373,15 +387,7 @@ class ReadCache:
             return _empty_cache()
 
     def _save(self, agent_id: str, session_id: str, cache: dict[str, Any]) -> None:
-        files: dict[str, Any] = cache["files"]
-        excess = len(files) - MAX_CACHE_ENTRIES
-        if excess > 0:
-            def last_access(k: str) -> float:
-                e = files[k]
-                return _num(e.get("lastAccess"), 0) if isinstance(e, dict) else 0
-
-            for k in sorted(files, key=last_access)[:excess]:
-                del files[k]
+        _drop_oldest(cache["files"], MAX_CACHE_ENTRIES, "lastAccess")
         with self._dir(create=True) as d:
             d.atomic_write(self._cache_name(agent_id, session_id), dumps_compact(cache), durable=False)
 
@@ -750,14 +756,7 @@ class ReadCache:
 
     def _save_hints(self, session_id: str, serves: dict[str, Any]) -> None:
         try:
-            excess = len(serves) - HINT_SERVES_MAX_ENTRIES
-            if excess > 0:
-                def served(k: str) -> float:
-                    e = serves[k]
-                    return _num(e.get("servedAt"), 0) if isinstance(e, dict) else 0
-
-                for k in sorted(serves, key=served)[:excess]:
-                    del serves[k]
+            _drop_oldest(serves, HINT_SERVES_MAX_ENTRIES, "servedAt")
             with self._dir(create=True) as d:
                 d.atomic_write(self._hint_name(session_id), dumps_compact(serves), durable=False)
         except Exception as exc:

@@ -28,8 +28,8 @@ from token_optimizer.fsutil import (
     CheckedDir,
     StatePaths,
     open_checked_dir,
+    prune_jsonl_by_age,
     remove_stale_temps,
-    rewrite_jsonl,
 )
 from token_optimizer.jsutil import (
     dumps_compact,
@@ -225,14 +225,8 @@ class Telemetry:
     def _prune(self, name: str, days: float, max_bytes: int) -> int:
         """Drop unparsable rows, rows older than ``days`` and the oldest rows past ``max_bytes``."""
         try:
-            cutoff = now_ms() - days * DAY_MS
-
-            def fresh(row: dict[str, Any]) -> bool:
-                ts = parse_iso_ms(row.get("timestamp"))
-                return not math.isnan(ts) and ts >= cutoff
-
             with self._root() as d:
-                return rewrite_jsonl(d, name, fresh, max_bytes=max_bytes)
+                return prune_jsonl_by_age(d, name, days, max_bytes)
         except FileNotFoundError:
             return 0
         except Exception as exc:
