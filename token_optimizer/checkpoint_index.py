@@ -59,7 +59,7 @@ from token_optimizer.fsutil import (
     real_dir,
 )
 from token_optimizer.jsutil import loads, parse_iso_ms
-from token_optimizer.sqlite_util import immediate_tx, is_busy, open_wal
+from token_optimizer.sqlite_util import encodable, immediate_tx, is_busy, open_wal
 
 log = logging.getLogger("token_optimizer")
 
@@ -149,15 +149,6 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-def _encodable(name: str) -> bool:
-    """Names with undecodable bytes (surrogate escapes) are never session directories."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class CheckpointIndex:
@@ -360,7 +351,7 @@ class CheckpointIndex:
         ):
             stable = time.time_ns() - rst.st_mtime_ns > ROOT_STABLE_NS
             try:
-                names = [n for n in os.listdir(root) if _encodable(n)]
+                names = [n for n in os.listdir(root) if encodable(n)]  # undecodable names are never ours
             except OSError:
                 return
             self._listing(conn, root, names)

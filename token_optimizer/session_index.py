@@ -72,7 +72,7 @@ from token_optimizer.fsutil import (
     read_text_no_follow,
 )
 from token_optimizer.jsutil import iso_from_ms, parse_iso_ms
-from token_optimizer.sqlite_util import immediate_tx, is_busy, open_wal
+from token_optimizer.sqlite_util import encodable, immediate_tx, is_busy, open_wal
 
 log = logging.getLogger("token_optimizer")
 
@@ -431,16 +431,6 @@ def _row_entry(row: tuple[Any, ...]) -> _Entry:
     )
 
 
-def _encodable(*values: str | None) -> bool:
-    for v in values:
-        if v is not None:
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-    return True
-
-
 
 class SessionIndex:
     """Routing index in SQLite (WAL): lazy creation, TTL pruning, safe across processes.
@@ -576,7 +566,7 @@ class SessionIndex:
             entries, corrupt = _load_legacy_json(self.legacy_path, now)
             journal = _replay_legacy_journal(self.journal_path, entries, now)
             for key, e in entries.items():
-                if _encodable(key, e.session_id, e.platform, e.agent):
+                if encodable(key, e.session_id, e.platform, e.agent):
                     self._insert(conn, key, e)
             conn.execute("INSERT OR REPLACE INTO meta VALUES('legacy_imported', ?)", (_iso(now),))
         for path, ok in ((self.legacy_path, True), (self.journal_path, journal)):
@@ -683,7 +673,7 @@ class SessionIndex:
             return None
         platform = platform if isinstance(platform, str) and platform else None
         agent = agent if isinstance(agent, str) and agent else None
-        if not _encodable(session_key, session_id, platform, agent):
+        if not encodable(session_key, session_id, platform, agent):
             self.rejected += 1
             self._warn_once("encode", "session index: refusing a session key or id that is not "
                             "valid Unicode (%r)", session_key)
@@ -780,7 +770,7 @@ class SessionIndex:
                         conn.execute("UPDATE entries SET suspended=? WHERE key=?",
                                      (int(flag), session_key))
 
-                if isinstance(session_key, str) and _encodable(session_key):
+                if isinstance(session_key, str) and encodable(session_key):
                     self._run("set_suspended", write, None, create=False)
         except Exception as e:
             log.warning("[token-optimizer] session index set_suspended failed: %s", e)
@@ -800,7 +790,7 @@ class SessionIndex:
             pending = self._pending.get(session_key)
             if pending is not None:
                 return pending.public(session_key, persisted=False)
-            if not _encodable(session_key):
+            if not encodable(session_key):
                 return None
             row = self._run("get", lambda c: self._row(c, session_key), None, create=False)
             return _row_entry(row).public(session_key, persisted=True) if row else None
@@ -829,7 +819,7 @@ class SessionIndex:
         return self._run("most recent", read, None, create=False)
 
     def is_persisted(self, session_key: str) -> bool:
-        if not isinstance(session_key, str) or not _encodable(session_key):
+        if not isinstance(session_key, str) or not encodable(session_key):
             return False
         return self._run(
             "lookup",

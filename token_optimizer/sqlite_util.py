@@ -16,6 +16,18 @@ def ro_uri(path: str | os.PathLike[str]) -> str:
     return "file:" + urllib.parse.quote(str(Path(path).absolute()), safe="/:") + "?mode=ro"
 
 
+def encodable(*values: str | None) -> bool:
+    """Whether every non-``None`` value is valid UTF-8 text (SQLite cannot bind surrogate
+    escapes, which undecodable file names and bad host ids carry)."""
+    for v in values:
+        if v is not None:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
 def is_busy(err: BaseException) -> bool:
     """Another process holds the database: retry later rather than rebuild it."""
     msg = str(err).lower()
