@@ -1166,6 +1166,8 @@ def test_two_processes_hammering_one_root_lose_nothing(tmp_path: Path) -> None:
     got = SessionIndex(resolve_paths(root)).entries()
     assert {k for k in got if k != "shared"} == {f"{t}-{i}" for t in "ab" for i in range(400)}
     assert got["shared"]["session_id"] in {"a-399", "b-399"}
+    # Two processes creating the index at once: neither sets the other's file aside.
+    assert not list(root.glob("*.corrupt"))
 
 
 def test_cli_prune_sticks_while_a_gateway_index_is_open(tmp_path: Path) -> None:

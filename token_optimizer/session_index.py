@@ -507,8 +507,8 @@ class SessionIndex:
         try:
             conn = self._connect(target)
         except sqlite3.DatabaseError as e:
-            if target == ":memory:":
-                raise
+            if target == ":memory:" or is_busy(e):
+                raise  # another process holds the file: not a reason to set it aside
             self._move_aside(e)
             conn = self._connect(target)
         self._conn = conn

@@ -48,10 +48,37 @@ def immediate_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+def _create_whole(target: str, schema: str) -> None:
+    """Create the database beside ``target`` (owner-only, WAL, schema) and link it into place
+    only if no other process did first: a second process never opens a half-created file,
+    which SQLite would report as locked or malformed (and the caller would move aside)."""
+    tmp = os.path.join(os.path.dirname(target) or ".",
+                       f".{os.path.basename(target)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        os.close(fd)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(schema)
+        finally:
+            conn.close()  # the last connection: the WAL is checkpointed into the file
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, target)
+    except OSError:
+        pass  # the caller's own open reports what is wrong
+    finally:
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+
+
 def open_wal(target: str, schema: str, *, timeout_s: float) -> sqlite3.Connection:
     """A connection to one of our databases: owner-only file, WAL, ``synchronous=NORMAL``
     (a killed process loses nothing; a power cut may lose the last moments), autocommit,
     the schema applied. ``:memory:`` works the same without the file steps."""
+    if target != ":memory:" and not os.path.lexists(target):
+        _create_whole(target, schema)
     conn = sqlite3.connect(target, timeout=timeout_s, isolation_level=None,
                            check_same_thread=False)
     try:
