@@ -87,6 +87,7 @@ class AuditCache:
         self.path = Path(path) if path is not None else None
         self._con: sqlite3.Connection | None = None
         self._dirty: dict[str, Any] = {}
+        self._deleted: set[str] = set()
         self._seen: set[str] = set()
         if self.path is not None:
             self._open()
@@ -109,8 +110,15 @@ class AuditCache:
             log.debug("audit cache unavailable (%s): %s", self.path, exc)
             self._con = None
 
+    @property
+    def available(self) -> bool:
+        """Whether there is a database behind this cache (else it only holds this run's puts)."""
+        return self._con is not None
+
     def get(self, key: str) -> Any:
         self._seen.add(key)
+        if key in self._deleted:
+            return None
         if key in self._dirty:
             v = self._dirty[key]
             return None if isinstance(v, _Raw) else v
@@ -129,11 +137,19 @@ class AuditCache:
 
     def put(self, key: str, value: Any) -> None:
         self._seen.add(key)
+        self._deleted.discard(key)
         self._dirty[key] = value
+
+    def delete(self, key: str) -> None:
+        """Drop ``key`` (on :meth:`flush`)."""
+        self._dirty.pop(key, None)
+        self._deleted.add(key)
 
     def get_bytes(self, key: str) -> bytes | None:
         """A value stored with :meth:`put_bytes`, as it was given."""
         self._seen.add(key)
+        if key in self._deleted:
+            return None
         if key in self._dirty:
             v = self._dirty[key]
             return v.raw if isinstance(v, _Raw) else None
@@ -148,6 +164,7 @@ class AuditCache:
     def put_bytes(self, key: str, value: bytes) -> None:
         """Keep ``value`` as it is (no JSON): for blobs read back whole, like cached output."""
         self._seen.add(key)
+        self._deleted.discard(key)
         self._dirty[key] = _Raw(value)
 
     def keys(self) -> list[str]:
@@ -162,10 +179,13 @@ class AuditCache:
         """Write changed entries; with ``prune_prefix``, drop unseen keys under it (vanished files)."""
         if self._con is None:
             self._dirty.clear()
+            self._deleted.clear()
             return
         try:
             self._con.execute("BEGIN IMMEDIATE")
             try:
+                for k in self._deleted:
+                    self._con.execute("DELETE FROM sources WHERE key=?", (k,))
                 for k, v in self._dirty.items():
                     self._con.execute("INSERT OR REPLACE INTO sources VALUES (?, ?)",
                                       (k, v.raw if isinstance(v, _Raw) else orjson.dumps(v)))
@@ -184,6 +204,7 @@ class AuditCache:
             _warn_once("encode", "[token-optimizer] audit cache not written: %s", exc)
         finally:
             self._dirty.clear()
+            self._deleted.clear()
 
     def close(self) -> None:
         if self._con is not None:

@@ -277,7 +277,10 @@ class AgentStoreReader:
 
     def read(self) -> None:
         stamp = store_stamp(self.path)
+        fp = self.pricer.fingerprint()
         cached = self.cache.get(self.key)
+        if not isinstance(cached, dict) or cached.get("pricing") != fp:
+            cached = None  # the states hold priced calls: other prices, read again
         if cached and stamp is not None and cached.get("stamp") == list(stamp):
             self._load(cached)
             return
@@ -298,6 +301,7 @@ class AgentStoreReader:
             con.close()
         self.cache.put(self.key, {
             "stamp": list(stamp) if stamp else None,
+            "pricing": fp,
             "facts": self.facts.to_state(),
             "sessions": {sid: a.to_state() for sid, a in self.sessions.items()},
             "archives": self.archives,

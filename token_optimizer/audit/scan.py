@@ -9,19 +9,21 @@ so tests (and the real-host suite) can point them at any directory.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from token_optimizer.audit import hermes, openclaw
+from token_optimizer.audit import hermes, openclaw, snapshot
 from token_optimizer.audit.cache import CACHE_FILE, AuditCache
 from token_optimizer.audit.model import SessionRow
 from token_optimizer.audit.money import Pricer
 from token_optimizer.audit.openclaw import FileRow
+from token_optimizer.audit.snapshot import Pack
 from token_optimizer.audit.sqlite_ro import file_size
 
 Progress = Callable[[int, int, str], None]
@@ -40,10 +42,11 @@ class Roots:
 class ScanResult:
     """The sessions found, newest first.
 
-    Sessions from the legacy transcript files come out of the cache as finished JSON
-    fragments; :meth:`json_array` joins those as they are (``scan --json`` prints them
-    without building a :class:`SessionRow` per session) and :attr:`rows` builds the
-    objects on first use.
+    Every row is kept as a fragment of the indented ``scan --json`` array (a
+    :class:`~token_optimizer.audit.snapshot.Pack`): :meth:`json_array` slices what it
+    prints out of it, and :attr:`rows` builds the :class:`SessionRow` objects on first
+    use (or keeps those a cold scan built). Sessions from the legacy transcript files
+    arrive from their cache as finished fragments already.
     """
 
     def __init__(self, rows: list[SessionRow], events_read: int = 0, duplicates: int = 0,
@@ -59,76 +62,116 @@ class ScanResult:
         for sid, fr in (file_rows or {}).items():
             entries.append((-(fr[0] or 0.0), "openclaw", sid, fr))
         entries.sort(key=lambda e: e[:3])
-        self._entries = [e[3] for e in entries]
+        self._entries: list[SessionRow | FileRow] | None = [e[3] for e in entries]
+        self._pack: Pack | None = None
         self._rows: list[SessionRow] | None = None
+
+    @classmethod
+    def from_pack(cls, pack: Pack) -> ScanResult:
+        """A result read back whole (nothing was new): no rows are built until asked for."""
+        res = cls([], 0, pack.duplicates, pack.unpriced_tokens, pack.unpriced_models)
+        res._entries = None
+        res._pack = pack
+        return res
+
+    @property
+    def pack(self) -> Pack:
+        if self._pack is None:
+            assert self._entries is not None
+            self._pack = Pack.build(
+                ((e.started_ms, e.ended_ms, e.host, e.agent, openclaw.row_fragment(e.to_json()))
+                 if isinstance(e, SessionRow) else (e[0], e[1], "openclaw", "", e[2])
+                 for e in self._entries),
+                self.duplicates, self.unpriced_tokens, self.unpriced_models)
+        return self._pack
 
     @property
     def rows(self) -> list[SessionRow]:
         if self._rows is None:
-            self._rows = [e if isinstance(e, SessionRow)
-                          else SessionRow.from_json(orjson.loads(e[2]), e[0], e[1])
-                          for e in self._entries]
+            if self._entries is not None:
+                self._rows = [e if isinstance(e, SessionRow)
+                              else SessionRow.from_json(orjson.loads(e[2]), e[0], e[1])
+                              for e in self._entries]
+            else:
+                p = self.pack
+                self._rows = [SessionRow.from_json(orjson.loads(p.fragment(i)), *p.time(i))
+                              for i in range(len(p))]
         return self._rows
-
-    def _select(self, since: float | None, until: float | None,
-                agents: set[str] | None) -> list[SessionRow | FileRow]:
-        out: list[SessionRow | FileRow] = []
-        for e in self._entries:
-            started = e.started_ms if isinstance(e, SessionRow) else e[0]
-            if since is not None and (started is None or started < since):
-                continue
-            if until is not None and (started is None or started > until):
-                continue
-            if agents and isinstance(e, SessionRow) and e.host != "openclaw" \
-                    and e.agent not in agents:
-                continue  # (file rows are all OpenClaw's)
-            out.append(e)
-        return out
 
     def json_rows(self, since: float | None = None, until: float | None = None,
                   agents: set[str] | None = None) -> list[dict[str, Any]]:
         """``to_json()`` of the rows started within [since, until] (and, with ``agents``,
         of OpenClaw rows or rows of those agents), newest first."""
-        return [e.to_json() if isinstance(e, SessionRow) else orjson.loads(e[2])
-                for e in self._select(since, until, agents)]
+        rows: list[dict[str, Any]] = orjson.loads(self.json_array(since, until, agents))
+        return rows
 
     def json_array(self, since: float | None = None, until: float | None = None,
                    agents: set[str] | None = None) -> bytes:
-        """``orjson.dumps(self.json_rows(…), option=ROW_JSON_OPTS)``, from the cached
-        fragments where there are some."""
-        sel = self._select(since, until, agents)
-        if not sel:
-            return orjson.dumps([], option=openclaw.ROW_JSON_OPTS)
-        frags = [openclaw.row_fragment(e.to_json()) if isinstance(e, SessionRow) else e[2]
-                 for e in sel]
-        return b"[\n  " + b",\n  ".join(frags) + b"\n]"
+        """``orjson.dumps(self.json_rows(…), option=ROW_JSON_OPTS)``, sliced out of the pack."""
+        p = self.pack
+        return p.array_bytes(p.select(since, until, agents))
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a scan builds its (acyclic) rows and states:
+    on 10,000 sessions the collector's passes over the growing heap cost more than the
+    scan itself."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def scan(roots: Roots, state_root: Path | None, *, agents: set[str] | None = None,
          profiles: set[str] | None = None, progress: Progress | None = None,
          pricer: Pricer | None = None, use_cache: bool = True) -> ScanResult:
-    """All sessions of the hosts under ``roots``; the cache lives in ``state_root``."""
+    """All sessions of the hosts under ``roots``; the cache lives in ``state_root``.
+
+    When nothing the rows are made from changed since a scan with the same roots
+    and filters, its stored result is returned (:mod:`~token_optimizer.audit.snapshot`);
+    otherwise each store is read incrementally and the new result is stored.
+    """
     pricer = pricer or Pricer(roots.openclaw)
     cache = AuditCache(state_root / CACHE_FILE if (use_cache and state_root) else None)
+    try:
+        with _gc_paused():
+            slot = fp = None
+            if cache.available:
+                slot, fp = snapshot.slot_and_fingerprint(roots.openclaw, roots.hermes, agents,
+                                                         profiles, pricer)
+                pack = snapshot.load(cache, slot, fp)
+                if pack is not None:
+                    return ScanResult.from_pack(pack)
+            res = _read_stores(roots, cache, pricer, agents, profiles, progress)
+            if slot is not None and fp is not None:
+                snapshot.store(cache, slot, fp, res.pack)
+            cache.flush()
+            return res
+    finally:
+        cache.close()
+
+
+def _read_stores(roots: Roots, cache: AuditCache, pricer: Pricer, agents: set[str] | None,
+                 profiles: set[str] | None, progress: Progress | None) -> ScanResult:
     rows: list[SessionRow] = []
     file_rows: dict[str, FileRow] = {}
     events = dups = 0
-    try:
-        if roots.openclaw is not None and roots.openclaw.is_dir():
-            oc = openclaw.scan_openclaw(roots.openclaw, cache, pricer, agents=agents,
-                                        progress=progress)
-            rows.extend(oc.rows)
-            file_rows = oc.file_rows
-            events += oc.events_read
-            dups += oc.duplicates
-        if roots.hermes is not None and roots.hermes.is_dir():
-            hs = hermes.scan_hermes(roots.hermes, cache, pricer, profiles=profiles,
+    if roots.openclaw is not None and roots.openclaw.is_dir():
+        oc = openclaw.scan_openclaw(roots.openclaw, cache, pricer, agents=agents,
                                     progress=progress)
-            rows.extend(hs.rows)
-            events += hs.messages_read
-        cache.flush()
-    finally:
-        cache.close()
+        rows.extend(oc.rows)
+        file_rows = oc.file_rows
+        events += oc.events_read
+        dups += oc.duplicates
+    if roots.hermes is not None and roots.hermes.is_dir():
+        hs = hermes.scan_hermes(roots.hermes, cache, pricer, profiles=profiles,
+                                progress=progress)
+        rows.extend(hs.rows)
+        events += hs.messages_read
     unpriced_tokens = sum(r.unpriced_tokens for r in rows)
     unpriced = {m for r in rows for m in r.unpriced_models}
     for fr in file_rows.values():

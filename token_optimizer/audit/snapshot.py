@@ -1,0 +1,276 @@
+"""A whole scan's finished result, kept for the next run with the same inputs.
+
+The readers are incremental per store (``AuditCache`` entries hold their
+accumulators), but a warm run through them still rebuilds every row: it loads
+every session's state, prices it and renders it again, which on 10,000 sessions
+costs more than the stores' ``stat`` calls by two orders of magnitude. So each
+scan also leaves its finished result behind, as one blob (a :class:`Pack`), under
+a fingerprint of everything the rows are made from:
+
+* every store's ``stat`` stamp: each OpenClaw agent database and the state
+  database (cron job names), each legacy transcript file's name, size and
+  mtime, and each Hermes ``state.db`` (size, mtime and inode of the file and of
+  its ``-wal``, the same stamps the readers trust to skip a store);
+* the price inputs (:meth:`Pricer.fingerprint`), the package version and this
+  format, and the ``--agent``/``--profile`` filters.
+
+When the fingerprint matches, the scan is the blob: no store is opened, no row is
+built. ``scan --json`` slices the rows it prints out of it (they are stored as
+the fragments of the indented array, newest first) and the other commands build
+their :class:`SessionRow`\\s from it. Anything new changes a stamp and the scan
+runs through the readers as before. The window (``--days``/``--since``/
+``--until``) is applied to the result, so it is not part of the fingerprint.
+
+Slots are keyed by the roots and filters (``MAX_SLOTS`` of them, least recently
+written dropped first), so alternating between commands with different filters
+does not throw either result away.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import sys
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from token_optimizer.audit import hermes, openclaw
+from token_optimizer.audit.cache import AuditCache
+from token_optimizer.audit.money import Pricer
+
+FORMAT = 1
+MAX_SLOTS = 4
+SLOT_PREFIX = "result:"
+LRU_KEY = "result-slots"
+_MAGIC = b"TOSNAP1\n"
+_HEAD = struct.Struct("<8sQQ")
+"""Magic, then the lengths of the fingerprint and of the metadata that follow."""
+_SEP = b",\n  "
+
+
+def _stamp(path: str | os.PathLike[str]) -> list[int]:
+    """(size, mtime_ns, inode) of a file and (size, mtime_ns) of its ``-wal``; zeros when absent."""
+    out = [0, 0, 0, 0, 0]
+    try:
+        st = os.stat(path)
+        out[:3] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    except OSError:
+        pass
+    try:
+        wst = os.stat(os.fspath(path) + "-wal")
+        out[3:] = [wst.st_size, wst.st_mtime_ns]
+    except OSError:
+        pass
+    return out
+
+
+def _listing(d: str) -> list[Any]:
+    """Name, size and mtime of every usage-counted transcript file in a ``sessions`` dir."""
+    out: list[Any] = []
+    try:
+        it = os.scandir(d)
+    except OSError:
+        return out
+    sid = openclaw.transcript_sid
+    with it:
+        for e in it:
+            name = e.name
+            if sid(name) is None:
+                continue
+            try:
+                if not e.is_file():
+                    continue
+                st = e.stat()
+            except OSError:
+                continue
+            out.append((name, st.st_size, st.st_mtime_ns))
+    out.sort()
+    return out
+
+
+def slot_and_fingerprint(openclaw_root: Path | None, hermes_home: Path | None,
+                         agents: set[str] | None, profiles: set[str] | None,
+                         pricer: Pricer) -> tuple[str, bytes]:
+    """The cache key of this scan's slot (roots and filters) and its inputs' fingerprint.
+
+    The fingerprint is the inputs' stamps themselves, not a digest of them: comparing
+    it is one ``memcmp`` and no two different inputs can share one."""
+    from token_optimizer import __version__
+
+    filters = [str(openclaw_root) if openclaw_root else None,
+               str(hermes_home) if hermes_home else None,
+               sorted(agents or ()), sorted(profiles or ())]
+    slot = SLOT_PREFIX + orjson.dumps(filters).decode()
+    parts: list[Any] = [FORMAT, __version__, sys.byteorder, filters, pricer.fingerprint()]
+    if openclaw_root is not None and openclaw_root.is_dir():
+        for agent, db in openclaw.agent_dbs(openclaw_root):
+            if not agents or agent in agents:
+                parts.append(["db", agent, _stamp(db)])
+        parts.append(["state", _stamp(openclaw_root / openclaw.STATE_DB)])
+        for agent, d in openclaw.transcript_dirs(openclaw_root):
+            if not agents or agent in agents:
+                parts.append(["files", agent, _listing(d)])
+    if hermes_home is not None and hermes_home.is_dir():
+        for profile, db in hermes.state_dbs(hermes_home):
+            if not profiles or profile in profiles:
+                parts.append(["hermes", profile, _stamp(db)])
+    return slot, orjson.dumps(parts)
+
+
+@dataclass
+class Pack:
+    """Rows newest first as fragments of the indented ``scan --json`` array, joined.
+
+    ``offs[i]`` is where row ``i`` starts in ``body``; it ends 4 bytes (the
+    separator) before ``offs[i + 1]`` (``offs[n]`` is ``len(body) + 4``, or 0 with no rows).
+    ``starts``/``ends`` are the rows' times (NaN for none), ``hosts`` one letter
+    per row (``o`` OpenClaw, ``h`` Hermes) and ``agents`` their agents.
+    """
+
+    body: bytes
+    offs: array[int]
+    starts: array[float]
+    ends: array[float]
+    hosts: str
+    agents: list[str]
+    duplicates: int
+    unpriced_tokens: int
+    unpriced_models: list[str]
+
+    @classmethod
+    def build(cls, entries: Iterable[tuple[float | None, float | None, str, str, bytes]],
+              duplicates: int, unpriced_tokens: int, unpriced_models: list[str]) -> Pack:
+        """From (started, ended, host, agent, fragment) in output order."""
+        offs: array[int] = array("q")
+        starts: array[float] = array("d")
+        ends: array[float] = array("d")
+        hosts: list[str] = []
+        agents: list[str] = []
+        frags: list[bytes] = []
+        off = 0
+        for started, ended, host, agent, frag in entries:
+            offs.append(off)
+            starts.append(math.nan if started is None else started)
+            ends.append(math.nan if ended is None else ended)
+            hosts.append("h" if host == "hermes" else "o")
+            agents.append(agent)
+            frags.append(frag)
+            off += len(frag) + len(_SEP)
+        offs.append(off)
+        return cls(_SEP.join(frags), offs, starts, ends, "".join(hosts), agents, duplicates,
+                   unpriced_tokens, unpriced_models)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def fragment(self, i: int) -> bytes:
+        return self.body[self.offs[i]:self.offs[i + 1] - len(_SEP)]
+
+    def time(self, i: int) -> tuple[float | None, float | None]:
+        s, e = self.starts[i], self.ends[i]
+        return (None if math.isnan(s) else s), (None if math.isnan(e) else e)
+
+    def select(self, since: float | None, until: float | None,
+               agents: set[str] | None) -> list[int]:
+        """Indices of the rows started within [since, until] (a row without a start is
+        out of any window) and, with ``agents``, of OpenClaw rows or rows of those agents."""
+        lo = -math.inf if since is None else since
+        hi = math.inf if until is None else until
+        if since is None and until is None:
+            idx = list(range(len(self)))
+        else:  # NaN compares false: rows without a start drop out
+            idx = [i for i, s in enumerate(self.starts) if lo <= s <= hi]
+        if agents:
+            hosts, names = self.hosts, self.agents
+            idx = [i for i in idx if hosts[i] == "o" or names[i] in agents]
+        return idx
+
+    def array_bytes(self, idx: list[int]) -> bytes:
+        """The indented JSON array of rows ``idx`` (ascending): runs of neighbours are
+        one slice of the body each."""
+        if not idx:
+            return orjson.dumps([], option=openclaw.ROW_JSON_OPTS)
+        parts: list[bytes] = []
+        offs, body, sep = self.offs, self.body, len(_SEP)
+        start = prev = idx[0]
+        for i in idx[1:]:
+            if i != prev + 1:
+                parts.append(body[offs[start]:offs[prev + 1] - sep])
+                start = i
+            prev = i
+        parts.append(body[offs[start]:offs[prev + 1] - sep])
+        return b"[\n  " + _SEP.join(parts) + b"\n]"
+
+    # ------------------------------------------------------------ storage
+
+    def to_bytes(self, fingerprint: bytes) -> bytes:
+        meta = orjson.dumps({"v": FORMAT, "n": len(self),
+                             "hosts": self.hosts, "agents": self.agents,
+                             "duplicates": self.duplicates,
+                             "unpricedTokens": self.unpriced_tokens,
+                             "unpricedModels": self.unpriced_models})
+        return b"".join([_HEAD.pack(_MAGIC, len(fingerprint), len(meta)), fingerprint, meta,
+                         self.offs.tobytes(),
+                         self.starts.tobytes(), self.ends.tobytes(), self.body])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None, fingerprint: bytes) -> Pack | None:
+        """The pack stored in ``raw`` if it was made under ``fingerprint`` (else ``None``:
+        a stale, foreign or damaged blob is only a miss)."""
+        if raw is None or len(raw) < _HEAD.size:
+            return None
+        try:
+            magic, flen, mlen = _HEAD.unpack_from(raw)
+            pos = _HEAD.size
+            if magic != _MAGIC or flen != len(fingerprint) \
+                    or raw[pos:pos + flen] != fingerprint:
+                return None
+            pos += flen
+            meta = orjson.loads(raw[pos:pos + mlen])
+            if not isinstance(meta, dict) or meta.get("v") != FORMAT:
+                return None
+            n = int(meta["n"])
+            pos += mlen
+            offs: array[int] = array("q")
+            offs.frombytes(raw[pos:pos + 8 * (n + 1)])
+            pos += 8 * (n + 1)
+            starts: array[float] = array("d")
+            starts.frombytes(raw[pos:pos + 8 * n])
+            pos += 8 * n
+            ends: array[float] = array("d")
+            ends.frombytes(raw[pos:pos + 8 * n])
+            pos += 8 * n
+            body = raw[pos:]
+            hosts, agents = str(meta["hosts"]), [str(a) for a in meta["agents"]]
+            if len(offs) != n + 1 or len(starts) != n or len(ends) != n or len(hosts) != n \
+                    or len(agents) != n or offs[0] != 0 \
+                    or offs[n] != (len(body) + len(_SEP) if n else 0):
+                return None
+            return cls(body, offs, starts, ends, hosts, agents, int(meta["duplicates"]),
+                       int(meta["unpricedTokens"]), [str(m) for m in meta["unpricedModels"]])
+        except (ValueError, KeyError, TypeError, struct.error, orjson.JSONDecodeError):
+            return None
+
+
+def load(cache: AuditCache, slot: str, fingerprint: bytes) -> Pack | None:
+    return Pack.from_bytes(cache.get_bytes(slot), fingerprint)
+
+
+def store(cache: AuditCache, slot: str, fingerprint: bytes, pack: Pack) -> None:
+    """Keep ``pack`` in ``slot``; the least recently written slots beyond ``MAX_SLOTS`` go."""
+    cache.put_bytes(slot, pack.to_bytes(fingerprint))
+    lru = cache.get(LRU_KEY)
+    slots = [s for s in (lru if isinstance(lru, list) else []) if isinstance(s, str) and s != slot]
+    slots.append(slot)
+    for old in slots[:-MAX_SLOTS]:
+        cache.delete(old)
+    cache.put(LRU_KEY, slots[-MAX_SLOTS:])
+
+
+__all__ = ["MAX_SLOTS", "Pack", "load", "slot_and_fingerprint", "store"]
