@@ -75,3 +75,20 @@ def test_unencodable_value_rolls_back_and_logs_once(tmp_path: Path,
     c.flush()
     c.close()
     assert AuditCache(tmp_path / CACHE_FILE).get("good") == 3
+
+
+def test_large_raw_values_round_trip_in_pieces(tmp_path: Path) -> None:
+    from token_optimizer.audit.cache import BLOB_CHUNK
+
+    big = bytearray(os.urandom(3 * BLOB_CHUNK + 12345))
+    c = AuditCache(tmp_path / CACHE_FILE)
+    c.put_bytes("big", big)
+    c.put_bytes("small", b"x")
+    c.flush()
+    c.put_bytes("big", big[:BLOB_CHUNK + 1])  # replaced by a shorter one
+    c.flush()
+    c.close()
+    again = AuditCache(tmp_path / CACHE_FILE)
+    assert again.get_bytes("big") == bytes(big[:BLOB_CHUNK + 1])
+    assert again.get_bytes("small") == b"x"
+    again.close()

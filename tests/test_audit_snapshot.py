@@ -142,7 +142,7 @@ def test_window_and_filters_on_the_pack_match_a_plain_filter(
             and not (agents and r["host"] != "openclaw" and r["agent"] not in agents)]
     got = pack.array_bytes(pack.select(since, until, agents))
     assert got == orjson.dumps(want, option=OPTS)
-    back = snapshot.Pack.from_bytes(pack.to_bytes(b"fp"), b"fp")
+    back = snapshot.Pack.from_bytes(pack.header_bytes(b"fp"), bytes(pack.body), b"fp")
     assert back is not None and back.array_bytes(back.select(since, until, agents)) == got
 
 
@@ -165,16 +165,25 @@ def test_damaged_or_foreign_blob_is_only_a_miss(stores: Any, tmp_path: Path) -> 
     cold = scan(_roots(tmp_path), state)
     c = AuditCache(state / CACHE_FILE)
     slots = [k for k in list(c.keys()) if k.startswith(snapshot.SLOT_PREFIX)]
-    assert len(slots) == 1
-    raw = c.get_bytes(slots[0])
-    assert raw is not None
-    for bad in (b"", b"junk", raw[:40], raw[:-3], raw.replace(b"TOSNAP1", b"TOSNAP2", 1)):
-        c.put_bytes(slots[0], bad)
+    assert sorted(slots) == sorted([slots[0].removesuffix("#body"),
+                                    slots[0].removesuffix("#body") + "#body"])
+    slot = min(slots, key=len)
+    header, body = c.get_bytes(slot), c.get_bytes(slot + "#body")
+    assert header is not None and body is not None
+    bad_headers = [b"", b"junk", header[:40], header[:-3],
+                   header.replace(b"TOSNAP1", b"TOSNAP2", 1)]
+    cases = [(h, body) for h in bad_headers] + [(header, body[:-1]), (header, body + b" "),
+                                                (header, None)]
+    for h, b in cases:
+        c.put_bytes(slot, h)
+        if b is None:
+            c.delete(slot + "#body")
+        else:
+            c.put_bytes(slot + "#body", b)
         c.flush()
         again = scan(_roots(tmp_path), state)
         assert again.json_array() == cold.json_array()
         assert again.events_read == 0  # the per-store caches still held: nothing re-read
-        c.put_bytes(slots[0], raw)  # (rewritten by the scan; set it up for the next case)
     c.close()
 
 
@@ -185,9 +194,10 @@ def test_slots_per_filter_are_bounded(stores: Any, tmp_path: Path) -> None:
     for kw in filters:
         scan(_roots(tmp_path), state, **kw)
     c = AuditCache(state / CACHE_FILE)
-    slots = [k for k in list(c.keys()) if k.startswith(snapshot.SLOT_PREFIX)]
+    keys = [k for k in list(c.keys()) if k.startswith(snapshot.SLOT_PREFIX)]
     c.close()
-    assert len(slots) == snapshot.MAX_SLOTS
+    slots = {k.removesuffix("#body") for k in keys}
+    assert len(slots) == snapshot.MAX_SLOTS and len(keys) == 2 * snapshot.MAX_SLOTS
     # the oldest (no filter) went; a warm scan with it is a miss that still gives the same rows
     main_only = scan(_roots(tmp_path), state, agents={"main"})
     assert main_only.events_read == 0

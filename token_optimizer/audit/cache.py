@@ -73,10 +73,15 @@ def _usable(path: Path) -> bool:
     return True
 
 
+BLOB_CHUNK = 1 << 20
+"""Raw values larger than this are written in pieces of this size (SQLite's incremental
+blob I/O), so a large one is not copied whole into a bound parameter first."""
+
+
 class _Raw:
     __slots__ = ("raw",)
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes | bytearray) -> None:
         self.raw = raw
 
 
@@ -152,7 +157,7 @@ class AuditCache:
             return None
         if key in self._dirty:
             v = self._dirty[key]
-            return v.raw if isinstance(v, _Raw) else None
+            return bytes(v.raw) if isinstance(v, _Raw) else None
         if self._con is None:
             return None
         try:
@@ -161,7 +166,7 @@ class AuditCache:
             return None
         return bytes(row[0]) if row is not None and isinstance(row[0], bytes) else None
 
-    def put_bytes(self, key: str, value: bytes) -> None:
+    def put_bytes(self, key: str, value: bytes | bytearray) -> None:
         """Keep ``value`` as it is (no JSON): for blobs read back whole, like cached output."""
         self._seen.add(key)
         self._deleted.discard(key)
@@ -187,6 +192,9 @@ class AuditCache:
                 for k in self._deleted:
                     self._con.execute("DELETE FROM sources WHERE key=?", (k,))
                 for k, v in self._dirty.items():
+                    if isinstance(v, _Raw) and len(v.raw) > BLOB_CHUNK:
+                        self._write_large(k, v.raw)
+                        continue
                     self._con.execute("INSERT OR REPLACE INTO sources VALUES (?, ?)",
                                       (k, v.raw if isinstance(v, _Raw) else orjson.dumps(v)))
                 if prune_prefix is not None:
@@ -205,6 +213,15 @@ class AuditCache:
         finally:
             self._dirty.clear()
             self._deleted.clear()
+
+    def _write_large(self, key: str, raw: bytes | bytearray) -> None:
+        assert self._con is not None
+        self._con.execute("INSERT OR REPLACE INTO sources VALUES (?, zeroblob(?))", (key, len(raw)))
+        row = self._con.execute("SELECT rowid FROM sources WHERE key=?", (key,)).fetchone()
+        view = memoryview(raw)
+        with self._con.blobopen("sources", "value", row[0]) as blob:
+            for i in range(0, len(raw), BLOB_CHUNK):
+                blob.write(view[i:i + BLOB_CHUNK])
 
     def close(self) -> None:
         if self._con is not None:

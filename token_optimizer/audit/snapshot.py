@@ -133,7 +133,7 @@ class Pack:
     per row (``o`` OpenClaw, ``h`` Hermes) and ``agents`` their agents.
     """
 
-    body: bytes
+    body: bytes | bytearray
     offs: array[int]
     starts: array[float]
     ends: array[float]
@@ -152,25 +152,25 @@ class Pack:
         ends: array[float] = array("d")
         hosts: list[str] = []
         agents: list[str] = []
-        frags: list[bytes] = []
-        off = 0
+        body = bytearray()  # one buffer, no list of fragments beside it
         for started, ended, host, agent, frag in entries:
-            offs.append(off)
+            if offs:
+                body += _SEP
+            offs.append(len(body))
             starts.append(math.nan if started is None else started)
             ends.append(math.nan if ended is None else ended)
             hosts.append("h" if host == "hermes" else "o")
             agents.append(agent)
-            frags.append(frag)
-            off += len(frag) + len(_SEP)
-        offs.append(off)
-        return cls(_SEP.join(frags), offs, starts, ends, "".join(hosts), agents, duplicates,
+            body += frag
+        offs.append(len(body) + len(_SEP) if offs else 0)
+        return cls(body, offs, starts, ends, "".join(hosts), agents, duplicates,
                    unpriced_tokens, unpriced_models)
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def fragment(self, i: int) -> bytes:
-        return self.body[self.offs[i]:self.offs[i + 1] - len(_SEP)]
+        return bytes(self.body[self.offs[i]:self.offs[i + 1] - len(_SEP)])
 
     def time(self, i: int) -> tuple[float | None, float | None]:
         s, e = self.starts[i], self.ends[i]
@@ -196,7 +196,7 @@ class Pack:
         one slice of the body each."""
         if not idx:
             return orjson.dumps([], option=openclaw.ROW_JSON_OPTS)
-        parts: list[bytes] = []
+        parts: list[bytes | bytearray] = []
         offs, body, sep = self.offs, self.body, len(_SEP)
         start = prev = idx[0]
         for i in idx[1:]:
@@ -209,47 +209,48 @@ class Pack:
 
     # ------------------------------------------------------------ storage
 
-    def to_bytes(self, fingerprint: bytes) -> bytes:
-        meta = orjson.dumps({"v": FORMAT, "n": len(self),
+    def header_bytes(self, fingerprint: bytes) -> bytes:
+        """Everything but the body (which is stored as it is, beside it)."""
+        meta = orjson.dumps({"v": FORMAT, "n": len(self), "bodyBytes": len(self.body),
                              "hosts": self.hosts, "agents": self.agents,
                              "duplicates": self.duplicates,
                              "unpricedTokens": self.unpriced_tokens,
                              "unpricedModels": self.unpriced_models})
         return b"".join([_HEAD.pack(_MAGIC, len(fingerprint), len(meta)), fingerprint, meta,
-                         self.offs.tobytes(),
-                         self.starts.tobytes(), self.ends.tobytes(), self.body])
+                         self.offs.tobytes(), self.starts.tobytes(), self.ends.tobytes()])
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None, fingerprint: bytes) -> Pack | None:
-        """The pack stored in ``raw`` if it was made under ``fingerprint`` (else ``None``:
-        a stale, foreign or damaged blob is only a miss)."""
-        if raw is None or len(raw) < _HEAD.size:
+    def from_bytes(cls, header: bytes | None, body: bytes | None,
+                   fingerprint: bytes) -> Pack | None:
+        """The pack stored as ``header`` and ``body`` if it was made under ``fingerprint``
+        (else ``None``: a stale, foreign or damaged blob is only a miss)."""
+        if header is None or body is None or len(header) < _HEAD.size:
             return None
         try:
-            magic, flen, mlen = _HEAD.unpack_from(raw)
+            magic, flen, mlen = _HEAD.unpack_from(header)
             pos = _HEAD.size
             if magic != _MAGIC or flen != len(fingerprint) \
-                    or raw[pos:pos + flen] != fingerprint:
+                    or header[pos:pos + flen] != fingerprint:
                 return None
             pos += flen
-            meta = orjson.loads(raw[pos:pos + mlen])
-            if not isinstance(meta, dict) or meta.get("v") != FORMAT:
+            meta = orjson.loads(header[pos:pos + mlen])
+            if not isinstance(meta, dict) or meta.get("v") != FORMAT \
+                    or meta.get("bodyBytes") != len(body):
                 return None
             n = int(meta["n"])
             pos += mlen
+            if len(header) != pos + 8 * (3 * n + 1):
+                return None
             offs: array[int] = array("q")
-            offs.frombytes(raw[pos:pos + 8 * (n + 1)])
+            offs.frombytes(header[pos:pos + 8 * (n + 1)])
             pos += 8 * (n + 1)
             starts: array[float] = array("d")
-            starts.frombytes(raw[pos:pos + 8 * n])
+            starts.frombytes(header[pos:pos + 8 * n])
             pos += 8 * n
             ends: array[float] = array("d")
-            ends.frombytes(raw[pos:pos + 8 * n])
-            pos += 8 * n
-            body = raw[pos:]
+            ends.frombytes(header[pos:pos + 8 * n])
             hosts, agents = str(meta["hosts"]), [str(a) for a in meta["agents"]]
-            if len(offs) != n + 1 or len(starts) != n or len(ends) != n or len(hosts) != n \
-                    or len(agents) != n or offs[0] != 0 \
+            if len(hosts) != n or len(agents) != n or offs[0] != 0 \
                     or offs[n] != (len(body) + len(_SEP) if n else 0):
                 return None
             return cls(body, offs, starts, ends, hosts, agents, int(meta["duplicates"]),
@@ -258,18 +259,27 @@ class Pack:
             return None
 
 
+def _body_key(slot: str) -> str:
+    return slot + "#body"
+
+
 def load(cache: AuditCache, slot: str, fingerprint: bytes) -> Pack | None:
-    return Pack.from_bytes(cache.get_bytes(slot), fingerprint)
+    header = cache.get_bytes(slot)
+    if header is None:
+        return None
+    return Pack.from_bytes(header, cache.get_bytes(_body_key(slot)), fingerprint)
 
 
 def store(cache: AuditCache, slot: str, fingerprint: bytes, pack: Pack) -> None:
     """Keep ``pack`` in ``slot``; the least recently written slots beyond ``MAX_SLOTS`` go."""
-    cache.put_bytes(slot, pack.to_bytes(fingerprint))
+    cache.put_bytes(slot, pack.header_bytes(fingerprint))
+    cache.put_bytes(_body_key(slot), pack.body)
     lru = cache.get(LRU_KEY)
     slots = [s for s in (lru if isinstance(lru, list) else []) if isinstance(s, str) and s != slot]
     slots.append(slot)
     for old in slots[:-MAX_SLOTS]:
         cache.delete(old)
+        cache.delete(_body_key(old))
     cache.put(LRU_KEY, slots[-MAX_SLOTS:])
 
 
