@@ -30,7 +30,6 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -301,6 +300,8 @@ def load_table() -> PriceTable | None:
     with _lock:
         if _table is None and not _load_failed:
             try:
+                from importlib import resources  # (only when the table is first needed)
+
                 raw = (resources.files("token_optimizer") / "data" / TABLE_FILE).read_bytes()
                 _table = PriceTable(orjson.loads(raw))
             except (OSError, ValueError, KeyError, TypeError):

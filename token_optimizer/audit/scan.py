@@ -108,8 +108,14 @@ class ScanResult:
     def json_array(self, since: float | None = None, until: float | None = None,
                    agents: set[str] | None = None) -> bytes:
         """``orjson.dumps(self.json_rows(…), option=ROW_JSON_OPTS)``, sliced out of the pack."""
+        return b"".join(self.json_parts(since, until, agents))
+
+    def json_parts(self, since: float | None = None, until: float | None = None,
+                   agents: set[str] | None = None) -> list[bytes]:
+        """:meth:`json_array` as pieces to write one after the other (no piece splits a
+        row, so a per-piece text replacement sees whole strings)."""
         p = self.pack
-        return p.array_bytes(p.select(since, until, agents))
+        return p.array_parts(p.select(since, until, agents))
 
 
 @contextlib.contextmanager

@@ -71,27 +71,29 @@ def _stamp(path: str | os.PathLike[str]) -> list[int]:
 
 
 def _listing(d: str) -> list[Any]:
-    """Name, size and mtime of every usage-counted transcript file in a ``sessions`` dir."""
-    out: list[Any] = []
+    """Name, size and mtime of every usage-counted transcript file in a ``sessions`` dir,
+    flat and in name order (one ``stat`` per file; nothing is opened)."""
     try:
-        it = os.scandir(d)
+        with os.scandir(d) as it:
+            entries = sorted((e for e in it if ".jsonl" in e.name), key=_name)
     except OSError:
-        return out
+        return []
+    out: list[Any] = []
+    add = out.extend
     sid = openclaw.transcript_sid
-    with it:
-        for e in it:
-            name = e.name
-            if sid(name) is None:
+    for e in entries:
+        try:
+            if not e.is_file() or sid(e.name) is None:
                 continue
-            try:
-                if not e.is_file():
-                    continue
-                st = e.stat()
-            except OSError:
-                continue
-            out.append((name, st.st_size, st.st_mtime_ns))
-    out.sort()
+            st = e.stat()
+        except OSError:
+            continue
+        add((e.name, st.st_size, st.st_mtime_ns))
     return out
+
+
+def _name(e: os.DirEntry[str]) -> str:
+    return e.name
 
 
 def slot_and_fingerprint(openclaw_root: Path | None, hermes_home: Path | None,
@@ -191,21 +193,36 @@ class Pack:
             idx = [i for i in idx if hosts[i] == "o" or names[i] in agents]
         return idx
 
-    def array_bytes(self, idx: list[int]) -> bytes:
-        """The indented JSON array of rows ``idx`` (ascending): runs of neighbours are
-        one slice of the body each."""
+    def array_parts(self, idx: list[int]) -> list[bytes]:
+        """The indented JSON array of rows ``idx`` (ascending) as pieces to write one after
+        the other: runs of neighbours are one slice of the body each (the whole body, when
+        every row is selected, is not copied at all) and no row is split."""
         if not idx:
-            return orjson.dumps([], option=openclaw.ROW_JSON_OPTS)
-        parts: list[bytes | bytearray] = []
-        offs, body, sep = self.offs, self.body, len(_SEP)
+            return [orjson.dumps([], option=openclaw.ROW_JSON_OPTS)]
+        runs: list[tuple[int, int]] = []
         start = prev = idx[0]
         for i in idx[1:]:
             if i != prev + 1:
-                parts.append(body[offs[start]:offs[prev + 1] - sep])
+                runs.append((start, prev))
                 start = i
             prev = i
-        parts.append(body[offs[start]:offs[prev + 1] - sep])
-        return b"[\n  " + _SEP.join(parts) + b"\n]"
+        runs.append((start, prev))
+        offs, body, sep = self.offs, self.body, len(_SEP)
+        parts: list[bytes] = [b"[\n  "]
+        for k, (a, b) in enumerate(runs):
+            if k:
+                parts.append(_SEP)
+            lo, hi = offs[a], offs[b + 1] - sep
+            if isinstance(body, bytes) and lo == 0 and hi == len(body):
+                parts.append(body)
+            else:
+                parts.append(bytes(body[lo:hi]))
+        parts.append(b"\n]")
+        return parts
+
+    def array_bytes(self, idx: list[int]) -> bytes:
+        """:meth:`array_parts` joined."""
+        return b"".join(self.array_parts(idx))
 
     # ------------------------------------------------------------ storage
 

@@ -85,12 +85,10 @@ def redact_json_bytes(out: bytes, home: str) -> bytes:
     if not home:
         return out
     needle = b'"' + orjson.dumps(home)[1:-1]
-    n_all = out.count(needle)
-    if not n_all:
-        return out
     values = b": " + needle
-    if out.count(values) == n_all:  # the usual case: every one is a value
-        return out.replace(values, b': "~')
+    done = out.replace(values, b': "~')
+    if needle not in done:  # the usual case: every one was a value (or there were none)
+        return done
     at = out.find(needle)
     parts: list[bytes] = []
     last = 0
@@ -231,14 +229,17 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         since, until, _tz = _window(args, SCAN_DEFAULT_DAYS)
         res = _scan_only(args)
         only = set(args.agent) if args.agent and not args.profile else None
-        out = redact_json_bytes(res.json_array(since, until, only), str(default_home()))
+        home = str(default_home())
+        parts = [redact_json_bytes(p, home) for p in res.json_parts(since, until, only)]
+        parts.append(b"\n")
         buf = getattr(sys.stdout, "buffer", None)
         if buf is not None:
             sys.stdout.flush()
-            buf.write(out + b"\n")
+            for p in parts:  # (tens of MB on a large store: written as they are, not joined)
+                buf.write(p)
             buf.flush()
         else:  # a replaced stdout (tests' capsys): text only
-            sys.stdout.write(out.decode() + "\n")
+            sys.stdout.write(b"".join(parts).decode())
         return 0
     _res, rows, _tz, _w = _run_scan(args, SCAN_DEFAULT_DAYS)
     span = f"the last {args.days or SCAN_DEFAULT_DAYS} days" if not (args.since or args.until) \
