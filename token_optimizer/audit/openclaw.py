@@ -111,12 +111,22 @@ class TranscriptFile(NamedTuple):
 
 
 def list_transcripts(agent: str, sessions_dir: str,
-                     known: dict[str, str] | None = None) -> list[TranscriptFile]:
+                     known: dict[str, str] | None = None,
+                     listed: list[Any] | None = None) -> list[TranscriptFile]:
     """Every usage-counted transcript in one ``sessions`` dir with its size and mtime,
     sorted by name (one ``scandir`` and one ``stat`` per file; nothing is opened).
-    ``known`` maps names already recognised to their session ids."""
+    ``known`` maps names already recognised to their session ids; ``listed`` is this
+    dir's flat (name, size, mtime_ns) listing when the caller already took it."""
     out: list[TranscriptFile] = []
     known = known or {}
+    if listed is not None:
+        for i in range(0, len(listed), 3):
+            name = listed[i]
+            sid = known.get(name) or transcript_sid(name)
+            if sid is not None:
+                out.append(TranscriptFile(agent, sid, name, os.path.join(sessions_dir, name),
+                                          listed[i + 1], listed[i + 2]))
+        return out
     try:
         entries = sorted(os.scandir(sessions_dir), key=lambda e: e.name)
     except OSError:
@@ -607,7 +617,8 @@ class FileRows:
 
 def scan_transcript_files(root: Path, cache: AuditCache, pricer: Pricer, skip: set[str], *,
                           agents: set[str] | None = None,
-                          progress: Progress | None = None) -> FileRows:
+                          progress: Progress | None = None,
+                          listings: dict[str, list[Any]] | None = None) -> FileRows:
     """Every legacy transcript file's session not in ``skip`` (the SQLite sessions).
 
     Two cache entries per ``sessions`` dir: an index mapping each file name to its
@@ -632,7 +643,8 @@ def scan_transcript_files(root: Path, cache: AuditCache, pricer: Pricer, skip: s
                 and cached.get("pricing") == fp:
             old = cached.get("files") or {}
             blob = cache.get_bytes(key + "#rows") or b""
-        files = list_transcripts(agent, d, {n: r[0] for n, r in old.items()})
+        files = list_transcripts(agent, d, {n: r[0] for n, r in old.items()},
+                                 (listings or {}).get(d))
         if not files and not old:
             continue
         new: dict[str, FileRecord] = {}
@@ -753,8 +765,10 @@ class OpenClawScan:
 
 
 def scan_openclaw(root: Path, cache: AuditCache, pricer: Pricer, *,
-                  agents: set[str] | None = None, progress: Progress | None = None) -> OpenClawScan:
-    """Every OpenClaw session under ``root``, one row each, de-duplicated by session id."""
+                  agents: set[str] | None = None, progress: Progress | None = None,
+                  listings: dict[str, list[Any]] | None = None) -> OpenClawScan:
+    """Every OpenClaw session under ``root``, one row each, de-duplicated by session id
+    (``listings``: the ``sessions`` dirs' listings already taken, by dir)."""
     rows: dict[str, SessionRow] = {}
     events = 0
     cron_jobs = read_cron_jobs(root)
@@ -779,5 +793,6 @@ def scan_openclaw(root: Path, cache: AuditCache, pricer: Pricer, *,
             _, ag, src, acc = max(cands, key=lambda c: c[0])
             rows[sid] = build_row(sid, ag, acc, src, pricer, facts_by_agent, cron_jobs)
         archive_candidates.clear()
-    fr = scan_transcript_files(root, cache, pricer, set(rows), agents=agents, progress=progress)
+    fr = scan_transcript_files(root, cache, pricer, set(rows), agents=agents, progress=progress,
+                               listings=listings)
     return OpenClawScan(list(rows.values()), events, fr.duplicates, fr.rows)

@@ -146,13 +146,14 @@ def scan(roots: Roots, state_root: Path | None, *, agents: set[str] | None = Non
     try:
         with _gc_paused():
             slot = fp = None
+            listings: dict[str, list[Any]] = {}
             if cache.available:
                 slot, fp = snapshot.slot_and_fingerprint(roots.openclaw, roots.hermes, agents,
-                                                         profiles, pricer)
+                                                         profiles, pricer, listings)
                 pack = snapshot.load(cache, slot, fp)
                 if pack is not None:
                     return ScanResult.from_pack(pack)
-            res = _read_stores(roots, cache, pricer, agents, profiles, progress)
+            res = _read_stores(roots, cache, pricer, agents, profiles, progress, listings)
             if slot is not None and fp is not None:
                 snapshot.store(cache, slot, fp, res.pack)
             cache.flush()
@@ -162,13 +163,14 @@ def scan(roots: Roots, state_root: Path | None, *, agents: set[str] | None = Non
 
 
 def _read_stores(roots: Roots, cache: AuditCache, pricer: Pricer, agents: set[str] | None,
-                 profiles: set[str] | None, progress: Progress | None) -> ScanResult:
+                 profiles: set[str] | None, progress: Progress | None,
+                 listings: dict[str, list[Any]]) -> ScanResult:
     rows: list[SessionRow] = []
     file_rows: dict[str, FileRow] = {}
     events = dups = 0
     if roots.openclaw is not None and roots.openclaw.is_dir():
         oc = openclaw.scan_openclaw(roots.openclaw, cache, pricer, agents=agents,
-                                    progress=progress)
+                                    progress=progress, listings=listings)
         rows.extend(oc.rows)
         file_rows = oc.file_rows
         events += oc.events_read

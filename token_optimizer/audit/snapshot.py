@@ -98,11 +98,14 @@ def _name(e: os.DirEntry[str]) -> str:
 
 def slot_and_fingerprint(openclaw_root: Path | None, hermes_home: Path | None,
                          agents: set[str] | None, profiles: set[str] | None,
-                         pricer: Pricer) -> tuple[str, bytes]:
+                         pricer: Pricer,
+                         listings: dict[str, list[Any]] | None = None) -> tuple[str, bytes]:
     """The cache key of this scan's slot (roots and filters) and its inputs' fingerprint.
 
     The fingerprint is the inputs' stamps themselves, not a digest of them: comparing
-    it is one ``memcmp`` and no two different inputs can share one."""
+    it is one ``memcmp`` and no two different inputs can share one. ``listings``, when
+    given, receives each ``sessions`` dir's flat (name, size, mtime_ns) listing, so a
+    scan that goes on to read the files does not list them again."""
     from token_optimizer import __version__
 
     filters = [str(openclaw_root) if openclaw_root else None,
@@ -117,7 +120,10 @@ def slot_and_fingerprint(openclaw_root: Path | None, hermes_home: Path | None,
         parts.append(["state", _stamp(openclaw_root / openclaw.STATE_DB)])
         for agent, d in openclaw.transcript_dirs(openclaw_root):
             if not agents or agent in agents:
-                parts.append(["files", agent, _listing(d)])
+                flat = _listing(d)
+                if listings is not None:
+                    listings[d] = flat
+                parts.append(["files", agent, flat])
     if hermes_home is not None and hermes_home.is_dir():
         for profile, db in hermes.state_dbs(hermes_home):
             if not profiles or profile in profiles:
