@@ -94,8 +94,9 @@ class ScanResult:
                               for e in self._entries]
             else:
                 p = self.pack
-                self._rows = [SessionRow.from_json(orjson.loads(p.fragment(i)), *p.time(i))
-                              for i in range(len(p))]
+                with _gc_paused():
+                    self._rows = [SessionRow.from_json(orjson.loads(p.fragment(i)), *p.time(i))
+                                  for i in range(len(p))]
         return self._rows
 
     def json_rows(self, since: float | None = None, until: float | None = None,
