@@ -35,16 +35,18 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from token_optimizer.audit import zstd
-from token_optimizer.audit.accumulate import SessionAcc
 from token_optimizer.audit.cache import AuditCache
 from token_optimizer.audit.model import RunType, SessionRow
 from token_optimizer.audit.money import Pricer, finish_session
 from token_optimizer.audit.sqlite_ro import connect_ro, store_stamp, table_columns
+
+if TYPE_CHECKING:
+    from token_optimizer.audit.accumulate import SessionAcc
 
 log = logging.getLogger("token_optimizer")
 
@@ -318,12 +320,16 @@ class AgentStoreReader:
         })
 
     def _load(self, cached: dict[str, Any]) -> None:
+        from token_optimizer.audit.accumulate import SessionAcc  # (not needed by a warm scan)
+
         self.facts = Facts.from_state(cached.get("facts", {}))
         self.sessions = {sid: SessionAcc.from_state(st)
                          for sid, st in cached.get("sessions", {}).items()}
         self.archives = dict(cached.get("archives", {}))
 
     def _read_events(self, con: sqlite3.Connection, old_generations: dict[str, str]) -> None:
+        from token_optimizer.audit.accumulate import SessionAcc  # (not needed by a warm scan)
+
         if "session_id" not in table_columns(con, "transcript_events"):
             self.sessions = {}
             return
@@ -406,6 +412,8 @@ class AgentStoreReader:
         return n
 
     def _read_archives(self, con: sqlite3.Connection) -> None:
+        from token_optimizer.audit.accumulate import SessionAcc  # (not needed by a warm scan)
+
         found: dict[str, Any] = {}
         ccols = table_columns(con, "session_transcript_cold_archives")
         if {"session_id", "archive_sha256", "storage"} <= ccols:
@@ -475,6 +483,8 @@ POOL_BATCH_BYTES = 2 << 20
 
 def read_transcript(path: str, pricer: Pricer) -> SessionAcc | None:
     """One JSONL transcript (plain or ``.zst``), read line by line (``None`` when unreadable)."""
+    from token_optimizer.audit.accumulate import SessionAcc
+
     acc = SessionAcc()
     feed = acc.feed
     loads = orjson.loads
@@ -769,6 +779,8 @@ def scan_openclaw(root: Path, cache: AuditCache, pricer: Pricer, *,
                   listings: dict[str, list[Any]] | None = None) -> OpenClawScan:
     """Every OpenClaw session under ``root``, one row each, de-duplicated by session id
     (``listings``: the ``sessions`` dirs' listings already taken, by dir)."""
+    from token_optimizer.audit.accumulate import SessionAcc
+
     rows: dict[str, SessionRow] = {}
     events = 0
     cron_jobs = read_cron_jobs(root)

@@ -71,8 +71,10 @@ def _stamp(path: str | os.PathLike[str]) -> list[int]:
 
 
 def _listing(d: str) -> list[Any]:
-    """Name, size and mtime of every usage-counted transcript file in a ``sessions`` dir,
-    flat and in name order (one ``stat`` per file; nothing is opened)."""
+    """Name, size and mtime of every regular ``*.jsonl*`` file in a ``sessions`` dir, flat
+    and in name order (one ``stat`` per file; nothing is opened). A superset of the
+    transcripts :func:`~token_optimizer.audit.openclaw.list_transcripts` counts: an extra
+    file can only make a change look bigger than it is."""
     try:
         with os.scandir(d) as it:
             entries = sorted((e for e in it if ".jsonl" in e.name), key=_name)
@@ -80,10 +82,9 @@ def _listing(d: str) -> list[Any]:
         return []
     out: list[Any] = []
     add = out.extend
-    sid = openclaw.transcript_sid
     for e in entries:
         try:
-            if not e.is_file() or sid(e.name) is None:
+            if not e.is_file():
                 continue
             st = e.stat()
         except OSError:
