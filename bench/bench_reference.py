@@ -16,7 +16,10 @@ the temp dir:
 * ``node dist/cli.js scan --json --days 30`` (the reference; it re-reads every
   file on every run, so it is timed once cold and once warm);
 * ``python -m token_optimizer scan --json --days 30`` cold (empty cache), then
-  warm (nothing new).
+  warm (nothing new), from a regular (not editable) install of this checkout into
+  a fresh venv, as ``pip install`` leaves it (``--python`` runs another
+  interpreter instead, e.g. this dev venv's; an editable install adds its import
+  hook to every start-up).
 
 It compares session count, token totals by kind and total cost, and prints
 the wall-clock times of the whole processes (start-up included) and the ratios.
@@ -109,7 +112,17 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return t
 
 
-def run_size(cli: Path, node: str, sessions: int, events: int) -> dict[str, Any]:
+def installed_python(where: Path) -> str:
+    """A fresh venv under ``where`` with this checkout ``pip install``-ed into it."""
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    str(REPO)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return str(py)
+
+
+def run_size(cli: Path, node: str, sessions: int, events: int, python: str) -> dict[str, Any]:
     """Generate one store and time the four runs on it; returns the figures."""
     with tempfile.TemporaryDirectory(prefix="bench-ref-") as tmp:
         home = Path(tmp) / "home"
@@ -121,12 +134,13 @@ def run_size(cli: Path, node: str, sessions: int, events: int) -> dict[str, Any]
         env.pop("OPENCLAW_STATE_DIR", None)
         env.pop("HERMES_HOME", None)
         ref_cmd = [node, str(cli), "scan", "--json", "--days", "30"]
-        ours_cmd = [sys.executable, "-m", "token_optimizer", "scan", "--json", "--days", "30",
+        ours_cmd = [python, "-m", "token_optimizer", "scan", "--json", "--days", "30",
                     "--hermes-home", str(Path(tmp) / "no-hermes")]
         ref_cold, ref_rows = _timed(ref_cmd, env)
         ref_warm, _ = _timed(ref_cmd, env)
-        our_cold, our_rows = _timed(ours_cmd, env, REPO)
-        our_warm, our_rows2 = _timed(ours_cmd, env, REPO)
+        # (run from the temp dir: from the checkout, ``-m`` would import its sources instead)
+        our_cold, our_rows = _timed(ours_cmd, env, Path(tmp))
+        our_warm, our_rows2 = _timed(ours_cmd, env, Path(tmp))
         rt, ot, ot2 = totals(ref_rows), totals(our_rows), totals(our_rows2)
         print(f"{'':10} {'sessions':>8} {'input':>12} {'output':>12} {'cacheRead':>14} "
               f"{'cacheWrite':>12} {'cost $':>12}")
@@ -159,23 +173,34 @@ def main(argv: list[str] | None = None) -> int:
                     help="several session counts, one store and one side-by-side each "
                          "(100 events per session), e.g. 4000,20000")
     ap.add_argument("--node", default=shutil.which("node") or "node")
+    ap.add_argument("--python", default=None,
+                    help="run ours with this interpreter (default: a fresh venv with this "
+                         "checkout installed into it)")
     args = ap.parse_args(argv)
     cli = Path(args.reference or "") / "dist" / "cli.js"
     if not args.reference or not cli.is_file():
         print("reference not given or dist/cli.js missing (pass --reference DIR or set "
               "TOKEN_OPTIMIZER_REFERENCE); skipping")
         return 0
-    # An installed package has its bytecode compiled (pip does it); a checkout run with
-    # PYTHONDONTWRITEBYTECODE set would recompile every module on every run instead.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "token_optimizer")],
-                   env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-                   check=True, stdout=subprocess.DEVNULL)
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [args.sessions]
     results = []
-    for sessions in sizes:
-        events = args.events if (args.events and not args.sizes) else sessions * 100
-        print(f"--- {sessions} sessions")
-        results.append(run_size(cli, args.node, sessions, events))
+    with tempfile.TemporaryDirectory(prefix="bench-ref-venv-") as vtmp:
+        if args.python:
+            python = args.python
+            # An installed package has its bytecode compiled (pip does it); a checkout run
+            # with PYTHONDONTWRITEBYTECODE set would recompile every module on every run.
+            subprocess.run([python, "-m", "compileall", "-q", str(REPO / "token_optimizer")],
+                           env={k: v for k, v in os.environ.items()
+                                if k != "PYTHONDONTWRITEBYTECODE"},
+                           check=True, stdout=subprocess.DEVNULL)
+        else:
+            t0 = time.perf_counter()
+            python = installed_python(Path(vtmp))
+            print(f"installed this checkout into a fresh venv in {time.perf_counter() - t0:.0f} s")
+        for sessions in sizes:
+            events = args.events if (args.events and not args.sizes) else sessions * 100
+            print(f"--- {sessions} sessions")
+            results.append(run_size(cli, args.node, sessions, events, python))
     if len(results) > 1:
         print(f"{'sessions':>9} {'lines':>10} {'ref 1st':>8} {'ref 2nd':>8} {'ours cold':>9} "
               f"{'ours warm':>9} {'cold x':>7} {'warm x':>7} totals")
