@@ -190,12 +190,9 @@ def keyword_relevance_score(
     :func:`topic_tokens` of the checkpoint and of ``text`` (a search scores one
     prompt against many checkpoints).
     """
-    lower = text.lower()
-    if any(p in lower for p in CONTINUATION_PHRASES):
-        return 1.0
     if prompt_tokens is None:
         prompt_tokens = topic_tokens(text)
-    if len(prompt_tokens) <= 2 and any(w in CONTINUATION_WORDS for w in _js_split_ws(lower)):
+    if continuation_prompt(text, prompt_tokens):
         return 1.0
     if not prompt_tokens:
         return 0.0
@@ -210,6 +207,15 @@ def keyword_relevance_score(
     if not cp_tokens:
         return 0.0
     return len(prompt_tokens & cp_tokens) / len(prompt_tokens)
+
+
+def continuation_prompt(text: str, prompt_tokens: set[str]) -> bool:
+    """A prompt that just asks to carry on: every checkpoint matches it fully
+    (:func:`keyword_relevance_score` 1.0). ``prompt_tokens``: its :func:`topic_tokens`."""
+    lower = text.lower()
+    if any(p in lower for p in CONTINUATION_PHRASES):
+        return True
+    return len(prompt_tokens) <= 2 and any(w in CONTINUATION_WORDS for w in _js_split_ws(lower))
 
 
 def is_resume_intent(text: str | None) -> bool:
@@ -686,6 +692,25 @@ class ContinuitySettings:
                    float(src.value(st.RESUME_TOPIC_BAR)))
 
 
+@dataclass(frozen=True)
+class _PromptFacts:
+    """What a topic score needs of the prompt and the cwd, the same for every checkpoint."""
+
+    tokens: set[str]
+    carry_on: bool
+    """A continuation cue: every checkpoint's keyword score is 1.0."""
+    cwd_name: str | None
+    """The cwd's name, lower-cased, earning :data:`CWD_BONUS` when a checkpoint names it
+    (``None`` for no cwd or a generic one: ``/``, the home directory)."""
+
+    @classmethod
+    def of(cls, text: str, cwd: str | None, engine: Continuity,
+           prompt_tokens: set[str] | None = None) -> _PromptFacts:
+        tokens = topic_tokens(text) if prompt_tokens is None else prompt_tokens
+        name = node_basename(cwd).lower() if cwd and not engine._is_generic_cwd(cwd) else None
+        return cls(tokens, continuation_prompt(text, tokens), name)
+
+
 class Continuity:
     """Prior-session lookup for the first user turn of a session."""
 
@@ -783,16 +808,24 @@ class Continuity:
         self, text: str, entry: CheckpointEntry, cwd: str | None = None,
         *, prompt_tokens: set[str] | None = None,
     ) -> tuple[float, str]:
+        return self._topic_score(_PromptFacts.of(text, cwd, self, prompt_tokens), entry, now_ms())
+
+    def _topic_score(self, facts: _PromptFacts, entry: CheckpointEntry,
+                     now: float) -> tuple[float, str]:
+        """:meth:`checkpoint_topic_score` with the prompt's share worked out once per search."""
         got = self._read_tokens(entry.path, entry.stat_key)
         if got is None:
             return 0.0, ""
         content, tokens = got
-        score = keyword_relevance_score(
-            text, entry.path, content, content_tokens=tokens, prompt_tokens=prompt_tokens
-        )
-        if cwd and not self._is_generic_cwd(cwd) and node_basename(cwd).lower() in content.lower():
+        if facts.carry_on:
+            score = 1.0
+        elif not facts.tokens or not tokens:
+            score = 0.0
+        else:
+            score = len(facts.tokens & tokens) / len(facts.tokens)
+        if facts.cwd_name is not None and facts.cwd_name in content.lower():
             score += CWD_BONUS
-        if (now_ms() - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:
+        if (now - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:
             score += RECENCY_BONUS
         return min(score, 1.0), content
 
@@ -807,11 +840,10 @@ class Continuity:
         if not text:
             return None
         found: list[ContinuityCandidate] = []
-        prompt_tokens = topic_tokens(text)
+        facts = _PromptFacts.of(text, cwd, self)
+        now = now_ms()
         for entry in self._others(current_session_id, max_age_days):
-            score, content = self.checkpoint_topic_score(
-                text, entry, cwd, prompt_tokens=prompt_tokens
-            )
+            score, content = self._topic_score(facts, entry, now)
             if score >= self.relevance_threshold:  # NaN threshold: nothing passes
                 found.append(ContinuityCandidate(entry, score, content))
         if not found:
