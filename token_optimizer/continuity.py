@@ -547,14 +547,14 @@ def build_continuity_hint(
     ]
     if summary:
         lines.append(f"- Prior topic: {summary}")
-    task = safe_recovered_scalar(parse_checkpoint_sections(content).session_task, 200)
+    sections = parse_checkpoint_sections(content)  # once: the task line and the items
+    task = safe_recovered_scalar(sections.session_task, 200)
     if task:
         lines.append(f"- Task of that session: {_json_str(task)}")
 
     filtered = bool(prompt_text and cwd)
     fenced = ""
     if filtered:
-        sections = parse_checkpoint_sections(content)
         decisions, files, disclosure = _filtered_items(sections, content, prompt_text, cwd)
         item_lines = _item_lines(decisions, files, "File changes")
         parts: list[str] = []
