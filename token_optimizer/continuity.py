@@ -462,7 +462,7 @@ def _summary_line(content: str) -> str:
 # ---------------------------------------------------------------- entries
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a search builds 50 of them
 class CheckpointEntry:
     path: str
     """Realpath of the checkpoint markdown."""
