@@ -585,14 +585,16 @@ class CheckpointIndex:
             args = (now - look_back_days * DAY_MS,)
         sql += " ORDER BY created_ms DESC, dir, off"
         out: list[Listed] = []
+        want = -1 if limit is None else max(limit, 1)
+        lstat, is_reg = os.lstat, stat.S_ISREG  # the loop runs up to `limit` times per turn
         for path, name, trigger, created in conn.execute(sql, args):
             try:
-                st = os.lstat(path)
+                st = lstat(path)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            out.append((path, name, trigger, float(created), (st.st_size, st.st_mtime_ns, st.st_ino)))
-            if limit is not None and len(out) >= limit:
-                break
+            if is_reg(st.st_mode):
+                out.append((path, name, trigger, float(created),
+                            (st.st_size, st.st_mtime_ns, st.st_ino)))
+                if len(out) == want:
+                    break
         return out
