@@ -692,6 +692,28 @@ class ContinuitySettings:
                    float(src.value(st.RESUME_TOPIC_BAR)))
 
 
+class _CachedText:
+    """A checkpoint's text and topic tokens while its ``(size, mtime_ns, inode)`` is ``key``,
+    plus whether it names the cwd last asked about (sessions of a gateway mostly share
+    one cwd; the text is not lower-cased again for every search)."""
+
+    __slots__ = ("_memo", "content", "key", "tokens")
+
+    def __init__(self, key: tuple[int, int, int], content: str, tokens: set[str]) -> None:
+        self.key = key
+        self.content = content
+        self.tokens = tokens
+        self._memo: tuple[str, bool] | None = None
+
+    def names(self, lowered_name: str) -> bool:
+        """``lowered_name`` occurs in the lower-cased text."""
+        memo = self._memo  # one tuple: a racing thread sees an older pair, never a mix
+        if memo is None or memo[0] != lowered_name:
+            memo = (lowered_name, lowered_name in self.content.lower())
+            self._memo = memo
+        return memo[1]
+
+
 @dataclass(frozen=True)
 class _PromptFacts:
     """What a topic score needs of the prompt and the cwd, the same for every checkpoint."""
@@ -726,9 +748,8 @@ class Continuity:
         # Every session's manifest rows, indexed in SQLite (checkpoint_index.py).
         self.index = CheckpointIndex(paths, busy_timeout_s=HOOK_BUSY_TIMEOUT_S)
         # Checkpoint text and topic tokens by path (artifacts are written once).
-        self._token_cache: BoundedMap[
-            str, tuple[tuple[int, int, int], str, set[str]]
-        ] = BoundedMap("continuity.token_cache", cap=TOKEN_CACHE_CAP, register=False)
+        self._token_cache: BoundedMap[str, _CachedText] = BoundedMap(
+            "continuity.token_cache", cap=TOKEN_CACHE_CAP, register=False)
         # Source sessions credited a resume_lean saving -> when (ms); bounded.
         self._credited: BoundedMap[str, float] = BoundedMap("continuity.credited")
         self._credited_loaded = False
@@ -764,6 +785,10 @@ class Continuity:
         ``key`` is the file's ``(size, mtime_ns, inode)`` when the caller has just
         ``lstat``-ed it (the index query does), saving a second ``lstat``.
         """
+        got = self._cached_text(path, key)
+        return None if got is None else (got.content, got.tokens)
+
+    def _cached_text(self, path: str, key: tuple[int, int, int] | None) -> _CachedText | None:
         if key is None:
             try:
                 st = os.lstat(path)
@@ -773,14 +798,14 @@ class Continuity:
                 return None
             key = (st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._token_cache.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        if cached is not None and cached.key == key:
+            return cached
         content = self._read(path)
         if content is None:
             return None
-        tokens = topic_tokens(content)
-        self._token_cache.set(path, (key, content, tokens))
-        return content, tokens
+        fresh = _CachedText(key, content, topic_tokens(content))
+        self._token_cache.set(path, fresh)
+        return fresh
 
     @staticmethod
     def _read(path: str) -> str | None:
@@ -813,21 +838,21 @@ class Continuity:
     def _topic_score(self, facts: _PromptFacts, entry: CheckpointEntry,
                      now: float) -> tuple[float, str]:
         """:meth:`checkpoint_topic_score` with the prompt's share worked out once per search."""
-        got = self._read_tokens(entry.path, entry.stat_key)
+        got = self._cached_text(entry.path, entry.stat_key)
         if got is None:
             return 0.0, ""
-        content, tokens = got
+        tokens = got.tokens
         if facts.carry_on:
             score = 1.0
         elif not facts.tokens or not tokens:
             score = 0.0
         else:
             score = len(facts.tokens & tokens) / len(facts.tokens)
-        if facts.cwd_name is not None and facts.cwd_name in content.lower():
+        if facts.cwd_name is not None and got.names(facts.cwd_name):
             score += CWD_BONUS
         if (now - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:
             score += RECENCY_BONUS
-        return min(score, 1.0), content
+        return min(score, 1.0), got.content
 
     def find_best_continuity_checkpoint(
         self,
