@@ -239,9 +239,18 @@ def test_query_does_not_lstat_known_manifests(paths: StatePaths,
     idx = CheckpointIndex(paths)
     rows(idx)
     assert idx.wait_for_sweep(10)
+    import threading
+
     seen: list[str] = []
     real = os.lstat
-    monkeypatch.setattr(ci.os, "lstat", lambda p, *a, **k: seen.append(str(p)) or real(p, *a, **k))
+    me = threading.current_thread()  # a pass of another test's index may still be running
+
+    def spy(p: object, *a: object, **k: object) -> os.stat_result:
+        if threading.current_thread() is me:
+            seen.append(str(p))
+        return real(p, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ci.os, "lstat", spy)
     got = rows(idx, limit=3)
     assert len(got) == 3
     # below the root: only the returned files (their validity), never a manifest
@@ -261,9 +270,11 @@ def test_a_pass_does_not_hold_the_lock_while_it_lstats(paths: StatePaths,
     assert idx.wait_for_sweep(10)
     free: list[bool] = []
     real = os.lstat
+    me = threading.current_thread()  # a pass of another test's index may still be running
 
     def probe(p: object, *a: object, **k: object) -> os.stat_result:
-        if str(p).endswith("manifest.jsonl"):  # another thread could take the lock now
+        if threading.current_thread() is me and str(p).endswith("manifest.jsonl"):
+            # another thread could take the lock now
             t = threading.Thread(target=lambda: free.append(idx._lock.acquire(timeout=1)
                                                             and (idx._lock.release() or True)))
             t.start()
