@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -84,9 +85,11 @@ def test_matches_a_full_scan_through_random_changes(paths: StatePaths) -> None:
         else:
             with open(paths.checkpoints / sid / "manifest.jsonl", "a") as fh:
                 fh.write("{torn")  # a torn line; the next append glues onto it
-        # Every directory is re-checked within ceil(dirs / SWEEP_BATCH) queries.
-        for _ in range(-(-len(sids) // ci.SWEEP_BATCH) + 1):
-            got = rows(idx)
+        # A query finds new directories itself; appends to known ones (written here as
+        # another process would) are found by the sweep, which re-checks every directory.
+        rows(idx)
+        idx.sweep()
+        got = rows(idx)
         assert got == scan(paths, 7), step
         assert rows(idx, limit=5) == scan(paths, 7)[:5]
 
@@ -205,3 +208,117 @@ def test_row_read_before_its_file_is_renamed_into_place_is_not_lost(paths: State
     late.write_text("y")  # ... then the rename lands
     assert sorted(r[2] for r in rows(idx)) == ["progressive-20", "progressive-35"]
     assert f.exists()
+
+
+def test_appends_by_other_writers_are_found_by_the_background_sweep(paths: StatePaths) -> None:
+    """A query never re-checks known manifests; it starts a background pass at most every
+    SWEEP_INTERVAL_S, and that pass re-reads every manifest another writer appended to."""
+    write(paths, "a", age_ms=5000, name="one.md")
+    write(paths, "b", age_ms=6000, name="old-b.md")
+    idx = CheckpointIndex(paths)
+    assert len(rows(idx)) == 2  # the first query lists the root and starts a pass
+    assert idx.wait_for_sweep(10)
+    assert idx.sweeps == 1 and idx._sweeper is not None
+    assert idx._sweeper.name == "token-optimizer-index-sweep"
+    write(paths, "a", age_ms=1000, name="two.md")  # the TypeScript plugin, say
+    write(paths, "b", age_ms=2000, name="new-b.md")
+    # not due yet: the query answers from the index and starts nothing
+    assert [Path(r[0]).name for r in rows(idx)] == ["one.md", "old-b.md"]
+    assert idx.wait_for_sweep(10) and idx.sweeps == 1
+    idx._next_sweep = -math.inf  # SWEEP_INTERVAL_S later
+    assert len(rows(idx)) == 2
+    assert idx.wait_for_sweep(10) and idx.sweeps == 2
+    assert [Path(r[0]).name for r in rows(idx)] == ["two.md", "new-b.md", "one.md", "old-b.md"]
+    idx.close()
+
+
+def test_query_does_not_lstat_known_manifests(paths: StatePaths,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(40):
+        write(paths, f"s{i:02d}")
+    idx = CheckpointIndex(paths)
+    rows(idx)
+    assert idx.wait_for_sweep(10)
+    import threading
+
+    seen: list[str] = []
+    real = os.lstat
+    me = threading.current_thread()  # a pass of another test's index may still be running
+
+    def spy(p: object, *a: object, **k: object) -> os.stat_result:
+        if threading.current_thread() is me:
+            seen.append(str(p))
+        return real(p, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ci.os, "lstat", spy)
+    got = rows(idx, limit=3)
+    assert len(got) == 3
+    # below the root: only the returned files (their validity), never a manifest
+    base = os.path.realpath(paths.checkpoints) + os.sep
+    assert sorted(p for p in seen if p.startswith(base)) == sorted(r[0] for r in got)
+    idx.close()
+
+
+def test_a_pass_does_not_hold_the_lock_while_it_lstats(paths: StatePaths,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    for i in range(5):
+        write(paths, f"s{i}")
+    idx = CheckpointIndex(paths)
+    rows(idx)
+    assert idx.wait_for_sweep(10)
+    free: list[bool] = []
+    real = os.lstat
+    me = threading.current_thread()  # a pass of another test's index may still be running
+
+    def probe(p: object, *a: object, **k: object) -> os.stat_result:
+        if threading.current_thread() is me and str(p).endswith("manifest.jsonl"):
+            # another thread could take the lock now
+            t = threading.Thread(target=lambda: free.append(idx._lock.acquire(timeout=1)
+                                                            and (idx._lock.release() or True)))
+            t.start()
+            t.join()
+        return real(p, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ci.os, "lstat", probe)
+    idx.sweep()
+    assert free == [True] * 5
+    idx.close()
+
+
+def test_close_ends_a_background_pass(paths: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    for i in range(6):
+        write(paths, f"s{i}")
+    monkeypatch.setattr(ci, "SWEEP_BATCH", 2)
+    monkeypatch.setattr(ci, "SWEEP_PAUSE_S", 30.0)  # a pass would take minutes
+    monkeypatch.setattr(ci, "SWEEP_START_DELAY_S", 0.0)
+    idx = CheckpointIndex(paths)
+    rows(idx)
+    assert not idx.wait_for_sweep(0.05)
+    t0 = time.monotonic()
+    idx.close()
+    assert time.monotonic() - t0 < 5 and idx.wait_for_sweep(0)
+    assert idx.sweeps == 0
+    assert len(rows(idx)) == 6  # a closed index opens again on use
+
+
+def test_a_pass_re_reads_a_manifest_a_failed_index_write_missed(
+        paths: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(paths, "s", age_ms=5000, name="one.md")
+    idx = CheckpointIndex(paths)
+    rows(idx)
+    assert idx.wait_for_sweep(10)
+    write(paths, "s", age_ms=1000, name="two.md")
+    def busy(*a: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(idx, "_ingest_dir", busy)
+    idx.note_capture("s")  # busy: nothing indexed, nothing raised
+    monkeypatch.undo()
+    assert [Path(r[0]).name for r in rows(idx)] == ["one.md"]
+    idx.sweep()
+    assert [Path(r[0]).name for r in rows(idx)] == ["two.md", "one.md"]
+    idx.close()

@@ -3,8 +3,7 @@
 Continuity needs, on a session's first user turn, the newest checkpoints of
 every other session (analysis.md §6.4). Scanning ``checkpoints/*/manifest.jsonl``
 makes that turn O(sessions on disk). This index makes it O(1) in the number of
-sessions: one ``stat`` of the checkpoint root, a bounded sweep and one indexed
-query.
+sessions: one ``stat`` of the checkpoint root and one indexed query.
 
 The checkpoint files and manifests stay exactly as they are (the TypeScript
 plugin reads and writes them too); the index is a *cache* of them and can always
@@ -23,7 +22,13 @@ be rebuilt from the disk:
   ``stat``); then the root is listed and unknown directories are read. On a large
   root (more than ``SMALL_ROOT`` directories) that listing runs at most every
   ``RECONCILE_INTERVAL_S``. Appends to known directories are found by a
-  round-robin sweep that re-``lstat``s ``SWEEP_BATCH`` manifests per query.
+  background sweep (a daemon thread, never on a query's path): a query starts a
+  pass when the last one ended at least ``SWEEP_INTERVAL_S`` ago (longer on a
+  very large root, so a pass takes at most about ``1 / SWEEP_REST_FACTOR`` of a
+  core), and the pass re-``lstat``s every known manifest, ``SWEEP_BATCH`` at a
+  time, holding the index lock only to read a batch and to re-read a changed
+  manifest. :meth:`CheckpointIndex.wait_for_sweep` waits for a pass in progress;
+  :meth:`CheckpointIndex.sweep` runs one in the caller's thread.
 * **Validation.** A manifest row is indexed only if its ``file`` is a regular,
   non-symlink file inside its (real, non-symlink) session directory; the stored
   path is its realpath. At query time every returned path is ``lstat``-ed again,
@@ -69,8 +74,19 @@ SMALL_ROOT = 2000
 """Up to this many session directories, a changed root is listed on every query."""
 RECONCILE_INTERVAL_S = 5.0
 """On a larger root, a changed root is listed at most this often."""
-SWEEP_BATCH = 16
-"""Known manifests re-``lstat``-ed per query (finds appends by other writers)."""
+SWEEP_INTERVAL_S = 5.0
+"""A background pass over the known manifests starts at most this often (appends by
+other writers are seen within about this long plus the pass itself)."""
+SWEEP_REST_FACTOR = 20.0
+"""After a pass, the next waits at least this many times the pass's working time."""
+SWEEP_BATCH = 256
+"""Known manifests re-``lstat``-ed per step of a pass (the lock is not held meanwhile)."""
+SWEEP_INGEST_BATCH = 16
+"""Changed manifests re-read per transaction (bounds how long a query may wait)."""
+SWEEP_PAUSE_S = 0.005
+"""Rest between two steps of a background pass (hooks get the interpreter)."""
+SWEEP_START_DELAY_S = 0.01
+"""A pass begins this long after the query that started it (that hook finishes first)."""
 PRUNE_INTERVAL_S = 3600.0
 PRUNE_BATCH = 1000
 """Old rows checked per prune (their file gone: deleted)."""
@@ -164,13 +180,17 @@ class CheckpointIndex:
         self._last_listing = -math.inf
         self._last_prune = -math.inf
         self._prune_after = -math.inf
-        self._sweep_after = ""
         self._dir_count = 0
+        self._sweeper: threading.Thread | None = None
+        self._sweep_stop = threading.Event()
+        self._next_sweep = -math.inf  # monotonic time the next background pass may start
         self._warned = False
         self.rebuilds = 0
         """Times the index was rebuilt from the disk after an error (for tests)."""
         self.listings = 0
         """Times the checkpoint root was listed (for tests and the benchmark)."""
+        self.sweeps = 0
+        """Completed passes over the known manifests (for tests)."""
 
     # ------------------------------------------------------------ connection
 
@@ -257,10 +277,15 @@ class CheckpointIndex:
         if root is not None:
             self._discard_file(root, err)
         self._root_seen = None
-        self._sweep_after = ""
-
 
     def close(self) -> None:
+        """Stop a background pass (it ends between two steps) and close the connection.
+        A later call opens it again."""
+        with self._lock:
+            worker = self._sweeper
+            self._sweep_stop.set()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(10.0)
         with self._lock:
             if self._conn is not None:
                 with contextlib.suppress(sqlite3.Error):
@@ -359,30 +384,118 @@ class CheckpointIndex:
             # A root changed within the file-system clock's resolution may change again
             # without a new mtime: list it again next time.
             self._root_seen = seen if stable else None
-        self._sweep(conn, root)
 
-    def _sweep(self, conn: sqlite3.Connection, root: Path) -> None:
-        batch = conn.execute(
-            "SELECT name, size, mtime_ns, ino FROM dirs WHERE name>? ORDER BY name LIMIT ?",
-            (self._sweep_after, SWEEP_BATCH),
-        ).fetchall()
-        if len(batch) < SWEEP_BATCH:
-            self._sweep_after = ""
-        else:
-            self._sweep_after = batch[-1][0]
-        stale: list[str] = []
-        for name, size, mtime_ns, ino in batch:
-            try:
-                mst = os.lstat(root / name / "manifest.jsonl")
-                key = (mst.st_size, mst.st_mtime_ns, mst.st_ino)
-            except OSError:
-                key = (-1, 0, 0)
-            if key != (size, mtime_ns, ino):
-                stale.append(name)
-        if stale:
-            with immediate_tx(conn):
-                for name in stale:
-                    self._ingest_dir(conn, root, name)
+    # ------------------------------------------------------------ background sweep
+
+    def _maybe_start_sweep(self) -> None:
+        """Start a background pass when one is due (caller holds the lock). Never raises."""
+        if time.monotonic() < self._next_sweep:
+            return
+        worker = self._sweeper
+        if worker is not None and worker.is_alive():
+            return
+        self._next_sweep = math.inf  # until this pass ends
+        stop = threading.Event()  # one per pass: close() ends this one only
+        try:
+            worker = threading.Thread(target=self._sweep_worker, args=(stop,),
+                                      name="token-optimizer-index-sweep", daemon=True)
+            worker.start()
+        except Exception as err:  # e.g. no more threads: try again later
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+            log.debug("[token-optimizer] checkpoint index sweep not started: %s", err)
+            return
+        self._sweeper, self._sweep_stop = worker, stop
+
+    def _sweep_worker(self, stop: threading.Event) -> None:
+        busy = 0.0
+        try:
+            if not stop.wait(SWEEP_START_DELAY_S):
+                busy = self._sweep_pass(stop, SWEEP_PAUSE_S)
+        except Exception as err:
+            log.debug("[token-optimizer] checkpoint index sweep failed: %s", err)
+        finally:
+            with self._lock:
+                self._next_sweep = time.monotonic() + max(SWEEP_INTERVAL_S,
+                                                          busy * SWEEP_REST_FACTOR)
+
+    def _sweep_pass(self, stop: threading.Event, pause_s: float) -> float:
+        """Re-check every known manifest once and re-read those that changed (appends by
+        other writers, or an index write of ours that failed). Returns the working time
+        in seconds.
+
+        The lock is held to read one batch of directory rows and to re-read changed
+        manifests (at most ``SWEEP_INGEST_BATCH`` per transaction), never while a batch
+        is ``lstat``-ed, so a query waits at most about one such step. A busy index ends
+        the pass early (the next one starts over); a broken one is reset, as a query
+        would reset it, and the error is raised.
+        """
+        after = ""
+        busy = 0.0
+        while True:
+            if stop.is_set():
+                return busy
+            t0 = time.perf_counter()
+            with self._lock:
+                root = real_dir(self.paths.checkpoints)
+                if root is None:
+                    return busy
+                try:
+                    batch = self._open().execute(
+                        "SELECT name, size, mtime_ns, ino FROM dirs WHERE name>? ORDER BY name"
+                        " LIMIT ?", (after, SWEEP_BATCH)).fetchall()
+                except sqlite3.Error as err:
+                    self._sweep_failed(err)
+                    return busy
+            base = str(root)
+            stale: list[str] = []
+            for name, size, mtime_ns, ino in batch:
+                try:
+                    mst = os.lstat(os.path.join(base, name, "manifest.jsonl"))
+                    key = (mst.st_size, mst.st_mtime_ns, mst.st_ino)
+                except OSError:
+                    key = (-1, 0, 0)
+                if key != (size, mtime_ns, ino):
+                    stale.append(name)
+            for i in range(0, len(stale), SWEEP_INGEST_BATCH):
+                with self._lock:
+                    try:
+                        conn = self._open()
+                        with immediate_tx(conn):
+                            for name in stale[i:i + SWEEP_INGEST_BATCH]:
+                                self._ingest_dir(conn, root, name)
+                    except sqlite3.Error as err:
+                        self._sweep_failed(err)
+                        return busy
+            busy += time.perf_counter() - t0
+            if len(batch) < SWEEP_BATCH:
+                self.sweeps += 1
+                return busy
+            after = batch[-1][0]
+            if pause_s > 0 and stop.wait(pause_s):
+                return busy
+
+    def _sweep_failed(self, err: sqlite3.Error) -> None:
+        """A sweep step's database error (caller holds the lock): busy is left for the
+        next pass; anything else resets the index and is raised."""
+        if is_busy(err):
+            log.debug("[token-optimizer] checkpoint index busy during sweep: %s", err)
+            return
+        self._reset(err)
+        raise err
+
+    def sweep(self) -> None:
+        """One full pass over the known manifests in the calling thread, without rests
+        (tests and tools; hooks leave it to the background). Never raises."""
+        with contextlib.suppress(Exception):
+            self._sweep_pass(threading.Event(), 0.0)
+
+    def wait_for_sweep(self, timeout: float = 10.0) -> bool:
+        """Wait for a background pass in progress. True when none runs."""
+        worker = self._sweeper
+        if worker is None or worker is threading.current_thread():
+            return True
+        worker.join(timeout)
+        return not worker.is_alive()
 
     def _prune(self, conn: sqlite3.Connection, look_back_days: float, now: float) -> None:
         """Drop rows past the look-back (and the 7-day cleanup) whose checkpoint file is gone.
@@ -448,7 +561,9 @@ class CheckpointIndex:
                         if not is_busy(err):
                             raise
                         log.debug("[token-optimizer] checkpoint index busy: %s", err)
-                    return self._query(conn, root, look_back_days, now, limit)
+                    found = self._query(conn, root, look_back_days, now, limit)
+                    self._maybe_start_sweep()
+                    return found
                 except sqlite3.Error as err:
                     if attempt == 2 or is_busy(err):
                         log.debug("[token-optimizer] checkpoint index query failed: %s", err)
@@ -470,14 +585,16 @@ class CheckpointIndex:
             args = (now - look_back_days * DAY_MS,)
         sql += " ORDER BY created_ms DESC, dir, off"
         out: list[Listed] = []
+        want = -1 if limit is None else max(limit, 1)
+        lstat, is_reg = os.lstat, stat.S_ISREG  # the loop runs up to `limit` times per turn
         for path, name, trigger, created in conn.execute(sql, args):
             try:
-                st = os.lstat(path)
+                st = lstat(path)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            out.append((path, name, trigger, float(created), (st.st_size, st.st_mtime_ns, st.st_ino)))
-            if limit is not None and len(out) >= limit:
-                break
+            if is_reg(st.st_mode):
+                out.append((path, name, trigger, float(created),
+                            (st.st_size, st.st_mtime_ns, st.st_ino)))
+                if len(out) == want:
+                    break
         return out

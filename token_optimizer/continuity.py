@@ -190,12 +190,9 @@ def keyword_relevance_score(
     :func:`topic_tokens` of the checkpoint and of ``text`` (a search scores one
     prompt against many checkpoints).
     """
-    lower = text.lower()
-    if any(p in lower for p in CONTINUATION_PHRASES):
-        return 1.0
     if prompt_tokens is None:
         prompt_tokens = topic_tokens(text)
-    if len(prompt_tokens) <= 2 and any(w in CONTINUATION_WORDS for w in _js_split_ws(lower)):
+    if continuation_prompt(text, prompt_tokens):
         return 1.0
     if not prompt_tokens:
         return 0.0
@@ -210,6 +207,15 @@ def keyword_relevance_score(
     if not cp_tokens:
         return 0.0
     return len(prompt_tokens & cp_tokens) / len(prompt_tokens)
+
+
+def continuation_prompt(text: str, prompt_tokens: set[str]) -> bool:
+    """A prompt that just asks to carry on: every checkpoint matches it fully
+    (:func:`keyword_relevance_score` 1.0). ``prompt_tokens``: its :func:`topic_tokens`."""
+    lower = text.lower()
+    if any(p in lower for p in CONTINUATION_PHRASES):
+        return True
+    return len(prompt_tokens) <= 2 and any(w in CONTINUATION_WORDS for w in _js_split_ws(lower))
 
 
 def is_resume_intent(text: str | None) -> bool:
@@ -456,7 +462,7 @@ def _summary_line(content: str) -> str:
 # ---------------------------------------------------------------- entries
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a search builds 50 of them
 class CheckpointEntry:
     path: str
     """Realpath of the checkpoint markdown."""
@@ -541,14 +547,14 @@ def build_continuity_hint(
     ]
     if summary:
         lines.append(f"- Prior topic: {summary}")
-    task = safe_recovered_scalar(parse_checkpoint_sections(content).session_task, 200)
+    sections = parse_checkpoint_sections(content)  # once: the task line and the items
+    task = safe_recovered_scalar(sections.session_task, 200)
     if task:
         lines.append(f"- Task of that session: {_json_str(task)}")
 
     filtered = bool(prompt_text and cwd)
     fenced = ""
     if filtered:
-        sections = parse_checkpoint_sections(content)
         decisions, files, disclosure = _filtered_items(sections, content, prompt_text, cwd)
         item_lines = _item_lines(decisions, files, "File changes")
         parts: list[str] = []
@@ -686,6 +692,47 @@ class ContinuitySettings:
                    float(src.value(st.RESUME_TOPIC_BAR)))
 
 
+class _CachedText:
+    """A checkpoint's text and topic tokens while its ``(size, mtime_ns, inode)`` is ``key``,
+    plus whether it names the cwd last asked about (sessions of a gateway mostly share
+    one cwd; the text is not lower-cased again for every search)."""
+
+    __slots__ = ("_memo", "content", "key", "tokens")
+
+    def __init__(self, key: tuple[int, int, int], content: str, tokens: set[str]) -> None:
+        self.key = key
+        self.content = content
+        self.tokens = tokens
+        self._memo: tuple[str, bool] | None = None
+
+    def names(self, lowered_name: str) -> bool:
+        """``lowered_name`` occurs in the lower-cased text."""
+        memo = self._memo  # one tuple: a racing thread sees an older pair, never a mix
+        if memo is None or memo[0] != lowered_name:
+            memo = (lowered_name, lowered_name in self.content.lower())
+            self._memo = memo
+        return memo[1]
+
+
+@dataclass(frozen=True)
+class _PromptFacts:
+    """What a topic score needs of the prompt and the cwd, the same for every checkpoint."""
+
+    tokens: set[str]
+    carry_on: bool
+    """A continuation cue: every checkpoint's keyword score is 1.0."""
+    cwd_name: str | None
+    """The cwd's name, lower-cased, earning :data:`CWD_BONUS` when a checkpoint names it
+    (``None`` for no cwd or a generic one: ``/``, the home directory)."""
+
+    @classmethod
+    def of(cls, text: str, cwd: str | None, engine: Continuity,
+           prompt_tokens: set[str] | None = None) -> _PromptFacts:
+        tokens = topic_tokens(text) if prompt_tokens is None else prompt_tokens
+        name = node_basename(cwd).lower() if cwd and not engine._is_generic_cwd(cwd) else None
+        return cls(tokens, continuation_prompt(text, tokens), name)
+
+
 class Continuity:
     """Prior-session lookup for the first user turn of a session."""
 
@@ -701,9 +748,8 @@ class Continuity:
         # Every session's manifest rows, indexed in SQLite (checkpoint_index.py).
         self.index = CheckpointIndex(paths, busy_timeout_s=HOOK_BUSY_TIMEOUT_S)
         # Checkpoint text and topic tokens by path (artifacts are written once).
-        self._token_cache: BoundedMap[
-            str, tuple[tuple[int, int, int], str, set[str]]
-        ] = BoundedMap("continuity.token_cache", cap=TOKEN_CACHE_CAP, register=False)
+        self._token_cache: BoundedMap[str, _CachedText] = BoundedMap(
+            "continuity.token_cache", cap=TOKEN_CACHE_CAP, register=False)
         # Source sessions credited a resume_lean saving -> when (ms); bounded.
         self._credited: BoundedMap[str, float] = BoundedMap("continuity.credited")
         self._credited_loaded = False
@@ -739,6 +785,10 @@ class Continuity:
         ``key`` is the file's ``(size, mtime_ns, inode)`` when the caller has just
         ``lstat``-ed it (the index query does), saving a second ``lstat``.
         """
+        got = self._cached_text(path, key)
+        return None if got is None else (got.content, got.tokens)
+
+    def _cached_text(self, path: str, key: tuple[int, int, int] | None) -> _CachedText | None:
         if key is None:
             try:
                 st = os.lstat(path)
@@ -748,14 +798,14 @@ class Continuity:
                 return None
             key = (st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._token_cache.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        if cached is not None and cached.key == key:
+            return cached
         content = self._read(path)
         if content is None:
             return None
-        tokens = topic_tokens(content)
-        self._token_cache.set(path, (key, content, tokens))
-        return content, tokens
+        fresh = _CachedText(key, content, topic_tokens(content))
+        self._token_cache.set(path, fresh)
+        return fresh
 
     @staticmethod
     def _read(path: str) -> str | None:
@@ -783,18 +833,26 @@ class Continuity:
         self, text: str, entry: CheckpointEntry, cwd: str | None = None,
         *, prompt_tokens: set[str] | None = None,
     ) -> tuple[float, str]:
-        got = self._read_tokens(entry.path, entry.stat_key)
+        return self._topic_score(_PromptFacts.of(text, cwd, self, prompt_tokens), entry, now_ms())
+
+    def _topic_score(self, facts: _PromptFacts, entry: CheckpointEntry,
+                     now: float) -> tuple[float, str]:
+        """:meth:`checkpoint_topic_score` with the prompt's share worked out once per search."""
+        got = self._cached_text(entry.path, entry.stat_key)
         if got is None:
             return 0.0, ""
-        content, tokens = got
-        score = keyword_relevance_score(
-            text, entry.path, content, content_tokens=tokens, prompt_tokens=prompt_tokens
-        )
-        if cwd and not self._is_generic_cwd(cwd) and node_basename(cwd).lower() in content.lower():
+        tokens = got.tokens
+        if facts.carry_on:
+            score = 1.0
+        elif not facts.tokens or not tokens:
+            score = 0.0
+        else:
+            score = len(facts.tokens & tokens) / len(facts.tokens)
+        if facts.cwd_name is not None and got.names(facts.cwd_name):
             score += CWD_BONUS
-        if (now_ms() - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:
+        if (now - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:
             score += RECENCY_BONUS
-        return min(score, 1.0), content
+        return min(score, 1.0), got.content
 
     def find_best_continuity_checkpoint(
         self,
@@ -807,11 +865,10 @@ class Continuity:
         if not text:
             return None
         found: list[ContinuityCandidate] = []
-        prompt_tokens = topic_tokens(text)
+        facts = _PromptFacts.of(text, cwd, self)
+        now = now_ms()
         for entry in self._others(current_session_id, max_age_days):
-            score, content = self.checkpoint_topic_score(
-                text, entry, cwd, prompt_tokens=prompt_tokens
-            )
+            score, content = self._topic_score(facts, entry, now)
             if score >= self.relevance_threshold:  # NaN threshold: nothing passes
                 found.append(ContinuityCandidate(entry, score, content))
         if not found:

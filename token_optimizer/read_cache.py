@@ -739,26 +739,25 @@ class ReadCache:
     def _hint_name(session_id: str) -> str:
         return f"hint-serves-{sanitize_removing(session_id, 'unknown')}.json"
 
-    def _load_hints(self, session_id: str) -> dict[str, Any]:
+    def _load_hints(self, d: CheckedDir, session_id: str) -> dict[str, Any]:
+        """The session's hint sidecar in ``read-cache/`` (``d``); ``{}`` when absent or bad."""
         name = self._hint_name(session_id)
         try:
-            with self._dir() as d:
-                text = d.read_text(name)
-                try:
-                    data = loads(text)
-                except ValueError:
-                    with contextlib.suppress(OSError):
-                        d.unlink(name)
-                    return {}
+            text = d.read_text(name)
         except OSError:
+            return {}
+        try:
+            data = loads(text)
+        except ValueError:
+            with contextlib.suppress(OSError):
+                d.unlink(name)
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _save_hints(self, session_id: str, serves: dict[str, Any]) -> None:
+    def _save_hints(self, d: CheckedDir, session_id: str, serves: dict[str, Any]) -> None:
         try:
             _drop_oldest(serves, HINT_SERVES_MAX_ENTRIES, "servedAt")
-            with self._dir(create=True) as d:
-                d.atomic_write(self._hint_name(session_id), dumps_compact(serves), durable=False)
+            d.atomic_write(self._hint_name(session_id), dumps_compact(serves), durable=False)
         except Exception as exc:
             log.debug("[token-optimizer] hint sidecar not saved: %s", exc)
 
@@ -767,8 +766,10 @@ class ReadCache:
         if not session_id or not paths:
             return
         try:
-            with self._lock:
-                serves = self._load_hints(session_id)
+            # one checked open of read-cache/ for the read and the write (a new session's
+            # first hint always writes)
+            with self._lock, self._dir(create=True) as d:
+                serves = self._load_hints(d, session_id)
                 now_s = now_ms() / 1000
                 changed = False
                 for raw in list(paths)[:HINT_SERVE_MAX_PATHS]:
@@ -780,7 +781,7 @@ class ReadCache:
                     serves[fp] = {"filePath": fp, "servedAt": now_s, "credited": False}
                     changed = True
                 if changed:
-                    self._save_hints(session_id, serves)
+                    self._save_hints(d, session_id, serves)
         except Exception as exc:
             log.debug("[token-optimizer] hint serve not recorded: %s", exc)
 
@@ -790,16 +791,21 @@ class ReadCache:
             return False
         try:
             with self._lock:
-                serves = self._load_hints(session_id)
-                entry = serves.get(file_path)
-                if not isinstance(entry, dict) or js_truthy(entry.get("credited")):
-                    return False
-                age = now_ms() / 1000 - _num(entry.get("servedAt"), math.nan)
-                if age > HINT_FOLLOW_MAX_AGE_S:
-                    return False
-                serves[file_path] = {**entry, "credited": True}
-                self._save_hints(session_id, serves)
-                return True
+                try:
+                    d = self._dir()
+                except OSError:
+                    return False  # no (usable) read-cache/: nothing was served
+                with d:
+                    serves = self._load_hints(d, session_id)
+                    entry = serves.get(file_path)
+                    if not isinstance(entry, dict) or js_truthy(entry.get("credited")):
+                        return False
+                    age = now_ms() / 1000 - _num(entry.get("servedAt"), math.nan)
+                    if age > HINT_FOLLOW_MAX_AGE_S:
+                        return False
+                    serves[file_path] = {**entry, "credited": True}
+                    self._save_hints(d, session_id, serves)
+                    return True
         except Exception as exc:
             log.debug("[token-optimizer] hint credit failed: %s", exc)
             return False

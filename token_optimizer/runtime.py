@@ -295,11 +295,13 @@ class TokenOptimizer:
             self._sweep_lock.release()
 
     def wait_for_sweep(self, timeout: float = 10.0) -> bool:
-        """Wait for a background sweep in progress (tests, shutdown). True when none runs."""
-        if self._sweep_lock.acquire(timeout=timeout):
-            self._sweep_lock.release()
-            return True
-        return False
+        """Wait for the background sweeps in progress (this one and the checkpoint index's
+        pass over the manifests; tests, shutdown). True when none runs."""
+        deadline = time.monotonic() + timeout
+        if not self._sweep_lock.acquire(timeout=timeout):
+            return False
+        self._sweep_lock.release()
+        return self.continuity.index.wait_for_sweep(max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------ snapshots
 
