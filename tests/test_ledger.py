@@ -111,6 +111,16 @@ def session_records(draw: st.DrawFn) -> list[dict[str, Any]]:
     return recs
 
 
+def test_whitespace_only_first_user_text_gives_no_topic(tmp_path: Path) -> None:
+    recs = [user("\r", 0), user("0", 1), user("later", 2)]
+    expected = parse_session(write_jsonl(tmp_path / "w.jsonl", recs), "a")
+    ledger = Ledger()
+    feed_as_events(ledger, "w", recs)
+    snap = ledger.snapshot("w")
+    assert expected is not None and snap is not None
+    assert snap.run.topic == expected.topic == "0"
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(recs=session_records())
 def test_property_ledger_matches_parser(tmp_path: Path, recs: list[dict[str, Any]]) -> None:

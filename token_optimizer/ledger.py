@@ -35,7 +35,7 @@ from pathlib import Path
 
 from token_optimizer.bounded import BoundedMap, _Bounded
 from token_optimizer.events import Usage
-from token_optimizer.jsutil import now_ms
+from token_optimizer.jsutil import js_trim, now_ms
 from token_optimizer.models import AgentRun, Message
 from token_optimizer.pricing import normalize_model_name
 from token_optimizer.quality import context_window_for_model, score_session_quality
@@ -180,7 +180,9 @@ class Ledger:
         content = getattr(msg, "content", None)
         ts = getattr(msg, "timestamp", None)
         e.acc.note_timestamp(timestamp_ms(ts) if ts else None)
-        text = content if role == "user" and isinstance(content, str) else None
+        # a whitespace-only user text gives no topic (as the transcript parser trims a
+        # content list's text); the next user message with text does
+        text = content if role == "user" and isinstance(content, str) and js_trim(content) else None
         if e.acc.note_message(role, text):
             e.ring.append(msg)
             if isinstance(role, str) and isinstance(content, str):
