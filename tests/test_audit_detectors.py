@@ -224,7 +224,7 @@ def test_stale_cron_fires_on_enabled_cron_jobs_with_missing_paths(tmp_path: Path
                      "cwd": "/nowhere/build"},
         "payload": {"kind": "agentTurn", "message": "summarise the new lines"}})
     oc.add_cron_job("j3", "after deploy", job={
-        "schedule": {"kind": "on-exit", "command": "/nowhere/deploy.sh"},
+        "schedule": {"kind": "on-exit", "command": "cd /tmp &&\n/nowhere/deploy.sh"},
         "payload": {"kind": "systemEvent", "text": "deploy finished"}})
     session(oc, "s", 1)
     found = {(f.evidence["jobId"], f.evidence["field"], f.evidence["missingPath"]): f
@@ -238,7 +238,10 @@ def test_stale_cron_fires_on_enabled_cron_jobs_with_missing_paths(tmp_path: Path
                           "missingPath": "/nowhere/backup.sh", "job": "nightly backup",
                           "jobId": "j1", "field": "payload.argv"}
     assert f.agent_name == "ops" and f.severity == "low" and f.monthly_waste_usd == 0
-    assert "openclaw cron disable j1" in f.fix_snippet
+    assert f.fix_snippet == ("# cron:nightly backup: sh -lc /nowhere/backup.sh --full\n"
+                             "openclaw cron disable j1")
+    assert found[("j3", "schedule.command", "/nowhere/deploy.sh")].fix_snippet.splitlines() == [
+        "# cron:after deploy: cd /tmp && /nowhere/deploy.sh", "openclaw cron disable j3"]
 
 
 def test_stale_cron_silent_for_cron_jobs_that_are_fine_or_off(tmp_path: Path,

@@ -359,7 +359,9 @@ def stale_cron(ctx: Context) -> list[Finding]:
                 f"Cron job {c.job} ({c.field}) points at {tok}, which does not exist.", 0.0, 0,
                 f"Fix the path (openclaw cron edit {jid}) or turn the job off "
                 f"(openclaw cron disable {jid}).",
-                f"# cron:{c.job}: {c.command}\nopenclaw cron disable {jid}",
+                # one comment line even when the job's shell script spans several
+                f"# cron:{' '.join(c.job.split())}: {' '.join(c.command.split())}\n"
+                f"openclaw cron disable {jid}",
                 {"hook": f"cron:{c.job}", "command": c.command, "missingPath": tok,
                  "job": c.job, "jobId": c.job_id, "field": c.field},
                 "measured", "fix", c.agent, "openclaw"))
