@@ -135,11 +135,21 @@ class OpenClawStore:
             "INSERT INTO heartbeat_outcomes (session_key, run_session_key, outcome, summary,"
             " occurred_at, updated_at) VALUES (?, ?, 'done', 's', 0, 0)", (key, run_key))
 
-    def add_cron_job(self, job_id: str, name: str, agent: str = "main") -> None:
+    def add_cron_job(self, job_id: str, name: str, agent: str = "main", *,
+                     enabled: bool = True, job: dict[str, Any] | None = None) -> None:
+        """A ``cron_jobs`` row; ``job`` is the definition stored in ``job_json``.
+
+        Its ``payload.kind`` (default ``agentTurn``) fills ``payload_kind``, as the host does.
+        """
+        job = job or {}
+        payload = job.get("payload")
+        kind = payload.get("kind") if isinstance(payload, dict) else None
         c = open_writer(self.root / "state" / "openclaw.sqlite", "openclaw_state.sql")
         c.execute("INSERT INTO cron_jobs (store_key, job_id, name, enabled, agent_id, payload_kind,"
-                  " job_json, updated_at) VALUES ('default', ?, ?, 1, ?, 'agentTurn', '{}', 0)",
-                  (job_id, name, agent))
+                  " job_json, updated_at) VALUES ('default', ?, ?, ?, ?, ?, ?, 0)",
+                  (job_id, name, int(enabled), agent, kind or "agentTurn",
+                   orjson.dumps({"id": job_id, "name": name, "enabled": enabled, **job}).decode()
+                   if job else "{}"))
         c.close()
 
     def write_jsonl(self, agent: str, name: str, events: list[dict[str, Any]], *,

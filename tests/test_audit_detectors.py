@@ -7,6 +7,7 @@ real readers, then audited; nothing here builds a ``SessionRow`` by hand.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from audit_stores import (
     HermesStore,
     OpenClawStore,
     assistant_event,
+    open_writer,
     tool_result_event,
     user_event,
 )
@@ -31,7 +33,9 @@ from token_optimizer.audit.detectors import (
     run_detectors,
 )
 from token_optimizer.audit.model import SessionRow
+from token_optimizer.audit.openclaw import read_cron_commands
 from token_optimizer.audit.scan import Roots, scan
+from token_optimizer.cli import main
 
 T0 = 1_780_000_000_000
 MIN = 60_000
@@ -55,7 +59,8 @@ def rows_of(tmp_path: Path, oc: OpenClawStore | None = None,
 def audit(tmp_path: Path, oc: OpenClawStore | None = None,
           hermes: Path | None = None) -> AuditResult:
     return run_detectors(rows_of(tmp_path, oc, hermes),
-                         config=load_openclaw_config(oc.root if oc else None))
+                         config=load_openclaw_config(oc.root if oc else None),
+                         cron=read_cron_commands(oc.root if oc else None))
 
 
 def fired(res: AuditResult) -> dict[str, Finding]:
@@ -163,6 +168,132 @@ def test_stale_cron_silent_when_paths_exist(tmp_path: Path, oc: OpenClawStore) -
         {"hooks": {"postRun": [{"command": f"{script} x"}, {"command": "/usr/bin/true"}]}}))
     session(oc, "s", 1)
     _check(tmp_path, oc, lambda _o: None, "stale_cron", False)
+
+
+def stale(res: AuditResult) -> list[Finding]:
+    return [f for f in res.findings if f.waste_type == "stale_cron"]
+
+
+def write_openclaw_json(oc: OpenClawStore, text: str) -> None:
+    oc.root.mkdir(parents=True, exist_ok=True)
+    (oc.root / "openclaw.json").write_text(text)
+
+
+def test_stale_cron_reads_hooks_from_openclaw_json(tmp_path: Path, oc: OpenClawStore) -> None:
+    write_openclaw_json(oc, """{
+      // JSON with comments, as OpenClaw writes it
+      "hooks": {"postRun": [{"command": "/nowhere/notify.sh --quiet"}],},
+    }""")
+    session(oc, "s", 1)
+    [f] = stale(audit(tmp_path, oc))
+    assert f.evidence == {"hook": "postRun", "command": "/nowhere/notify.sh --quiet",
+                          "missingPath": "/nowhere/notify.sh"}
+
+
+def test_stale_cron_same_hook_in_openclaw_json_and_config_json_is_one_finding(
+        tmp_path: Path, oc: OpenClawStore) -> None:
+    hooks = {"postRun": [{"command": "/nowhere/a.sh /nowhere/a.sh"}]}
+    write_openclaw_json(oc, orjson.dumps({"hooks": hooks}).decode())
+    (oc.root / "config.json").write_bytes(orjson.dumps(
+        {"hooks": {**hooks, "preRun": [{"command": "/nowhere/b.sh"}]}}))
+    session(oc, "s", 1)
+    found = sorted((f.evidence["hook"], f.evidence["missingPath"]) for f in stale(audit(tmp_path, oc)))
+    assert found == [("postRun", "/nowhere/a.sh"), ("preRun", "/nowhere/b.sh")]
+
+
+def test_stale_cron_silent_on_the_real_hosts_webhook_hooks(tmp_path: Path,
+                                                           oc: OpenClawStore) -> None:
+    # OpenClaw 2026.9.6's `hooks` is the webhook ingress: URL paths and transform modules
+    write_openclaw_json(oc, orjson.dumps({"hooks": {
+        "enabled": True, "path": "/hooks", "presets": ["gmail"],
+        "mappings": [{"match": {"path": "/github"}, "action": "agent",
+                      "transform": {"module": "github.mjs"}}],
+        "internal": {"entries": {"session-memory": {"enabled": True}}},
+    }}).decode())
+    session(oc, "s", 1)
+    assert stale(audit(tmp_path, oc)) == []
+
+
+def test_stale_cron_fires_on_enabled_cron_jobs_with_missing_paths(tmp_path: Path,
+                                                                  oc: OpenClawStore) -> None:
+    oc.add_cron_job("j1", "nightly backup", "ops", job={
+        "schedule": {"kind": "cron", "expr": "0 3 * * *"},
+        "payload": {"kind": "command", "argv": ["sh", "-lc", "/nowhere/backup.sh --full"]}})
+    oc.add_cron_job("j2", "tail build log", job={
+        "schedule": {"kind": "stream", "command": ["/nowhere/tail-log", "-f"],
+                     "cwd": "/nowhere/build"},
+        "payload": {"kind": "agentTurn", "message": "summarise the new lines"}})
+    oc.add_cron_job("j3", "after deploy", job={
+        "schedule": {"kind": "on-exit", "command": "cd /tmp &&\n/nowhere/deploy.sh"},
+        "payload": {"kind": "systemEvent", "text": "deploy finished"}})
+    session(oc, "s", 1)
+    found = {(f.evidence["jobId"], f.evidence["field"], f.evidence["missingPath"]): f
+             for f in stale(audit(tmp_path, oc))}
+    assert set(found) == {("j1", "payload.argv", "/nowhere/backup.sh"),
+                          ("j2", "schedule.command", "/nowhere/tail-log"),
+                          ("j2", "schedule.cwd", "/nowhere/build"),
+                          ("j3", "schedule.command", "/nowhere/deploy.sh")}
+    f = found[("j1", "payload.argv", "/nowhere/backup.sh")]
+    assert f.evidence == {"hook": "cron:nightly backup", "command": "sh -lc /nowhere/backup.sh --full",
+                          "missingPath": "/nowhere/backup.sh", "job": "nightly backup",
+                          "jobId": "j1", "field": "payload.argv"}
+    assert f.agent_name == "ops" and f.severity == "low" and f.monthly_waste_usd == 0
+    assert f.fix_snippet == ("# cron:nightly backup: sh -lc /nowhere/backup.sh --full\n"
+                             "openclaw cron disable j1")
+    assert found[("j3", "schedule.command", "/nowhere/deploy.sh")].fix_snippet.splitlines() == [
+        "# cron:after deploy: cd /tmp && /nowhere/deploy.sh", "openclaw cron disable j3"]
+
+
+def test_stale_cron_silent_for_cron_jobs_that_are_fine_or_off(tmp_path: Path,
+                                                              oc: OpenClawStore) -> None:
+    script = tmp_path / "my tools" / "run.sh"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    oc.add_cron_job("ok", "existing script", job={
+        "payload": {"kind": "command", "argv": [str(script), "--flag"], "cwd": str(tmp_path)}})
+    oc.add_cron_job("usr", "system tools", job={
+        "payload": {"kind": "command", "argv": ["/usr/local/bin/nope", "/bin/nope"]}})
+    oc.add_cron_job("off", "disabled job", enabled=False, job={
+        "payload": {"kind": "command", "argv": ["/nowhere/backup.sh"]}})
+    # prompts and inline script source may mention paths; they are not run as commands
+    oc.add_cron_job("agent", "agent turn", job={
+        "payload": {"kind": "agentTurn", "message": "read /nowhere/notes.md"}})
+    oc.add_cron_job("script", "inline script", job={
+        "payload": {"kind": "script", "script": "await read('/nowhere/x')"},
+        "trigger": {"script": "return exists('/nowhere/y')"}})
+    oc.add_cron_job("bare", "no definition")
+    session(oc, "s", 1)
+    assert stale(audit(tmp_path, oc)) == []
+
+
+def test_stale_cron_without_config_or_with_bad_stores_finds_nothing(
+        tmp_path: Path, oc: OpenClawStore) -> None:
+    session(oc, "s", 1)
+    assert stale(audit(tmp_path, oc)) == []
+    write_openclaw_json(oc, "{ not json at all")
+    (oc.root / "config.json").write_text("[1, 2")
+    oc.add_cron_job("j", "garbled", job={"payload": {"kind": "command", "argv": "not a list"}})
+    c = open_writer(oc.root / "state" / "openclaw.sqlite", "openclaw_state.sql")
+    c.execute("UPDATE cron_jobs SET job_json = '{oops' WHERE job_id = 'j'")
+    c.execute("INSERT INTO cron_jobs (store_key, job_id, name, enabled, payload_kind, job_json,"
+              " updated_at) VALUES ('default', 'k', 'odd', 1, 'command', '[]', 0)")
+    c.close()
+    assert stale(audit(tmp_path, oc)) == []
+    assert load_openclaw_config(oc.root) == {}
+    assert read_cron_commands(tmp_path / "no-such-root") == []
+
+
+def test_audit_command_reports_stale_cron_jobs(tmp_path: Path, oc: OpenClawStore,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    oc.add_cron_job("j1", "nightly backup", job={
+        "payload": {"kind": "command", "argv": ["/nowhere/backup.sh"]}})
+    session(oc, "s", 1, ts=int(time.time() * 1000) - 3_600_000)
+    oc.close()
+    assert main(["audit", "--json", "--openclaw-root", str(oc.root),
+                 "--hermes-home", str(tmp_path / "none")]) == 0
+    rep = orjson.loads(capsys.readouterr().out)
+    [f] = [f for f in rep["findings"] if f["wasteType"] == "stale_cron"]
+    assert f["evidence"]["hook"] == "cron:nightly backup"
 
 
 # ---------------------------------------------------------------- tier-2 reference detectors

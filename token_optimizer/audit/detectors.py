@@ -29,6 +29,10 @@ Differences from the reference (each listed in COMPAT.md):
 * **Heartbeat frequency** is measured per (host, agent, cron job) rather than
   over all agents pooled, where two agents beating every ten minutes looked
   like one beating every five.
+* **Stale cron.** Hooks are read from ``openclaw.json`` (a legacy
+  ``config.json``'s hooks too); the commands and working directories of the
+  *enabled* cron jobs in ``state/openclaw.sqlite`` (``command`` payloads,
+  ``on-exit``/``stream`` schedules) are checked with the same path rule.
 
 Every finding carries per-unit claims (a unit is a session, ``host:id``, or
 for the one projection that is not a share of seen sessions the finding
@@ -41,6 +45,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +54,7 @@ from typing import Any, Literal
 
 import orjson
 
-from token_optimizer.audit.model import SessionRow
+from token_optimizer.audit.model import CronCommand, SessionRow
 from token_optimizer.audit.money import Pricer
 from token_optimizer.pricing import EXPENSIVE_MODELS, normalize_model_name
 
@@ -139,6 +145,8 @@ class Context:
     factor: float
     """30 / span of the audited window in days."""
     span_days: float
+    cron: Sequence[CronCommand] = ()
+    """Commands of the enabled OpenClaw cron jobs (``stale_cron``)."""
 
 
 def unit(r: SessionRow) -> str:
@@ -278,12 +286,50 @@ def heartbeat_over_frequency(ctx: Context) -> list[Finding]:
         "estimated", "fix", flagged, flagged[0].agent)]
 
 
+def _on_disk(path: str) -> bool | None:
+    """Whether ``path`` exists; ``None`` when it cannot be told (permission denied, NUL)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError):
+        return None
+    return True
+
+
+def _missing_path(tok: str) -> bool:
+    """The reference's rule: absolute, not under ``/usr`` or ``/bin``, and not on disk
+    (a path that cannot be checked is not reported)."""
+    return tok.startswith("/") and not tok.startswith(("/usr", "/bin")) \
+        and _on_disk(tok) is False
+
+
+def _cron_words(c: CronCommand) -> list[str]:
+    if c.is_dir:
+        return list(c.parts)
+    words: list[str] = []
+    for part in c.parts:
+        # an argv element naming an existing path is one word ("/opt/my tools/run.sh")
+        if part.startswith("/") and _on_disk(part):
+            continue
+        words.extend(part.split())
+    return words
+
+
 def stale_cron(ctx: Context) -> list[Finding]:
-    hooks = ctx.config.get("hooks")
-    if not isinstance(hooks, Mapping):
-        return []
+    """Hooks and enabled cron jobs that run a path which no longer exists.
+
+    Hooks: ``config.hooks[<name>]`` lists of ``{command}`` (the reference's shape; the
+    merged ``openclaw.json`` + legacy ``config.json`` view of :func:`load_openclaw_config`).
+    OpenClaw 2026.9.6's own ``hooks`` section is the webhook ingress (``path``,
+    ``mappings``, ``presets``, ``gmail``, ``internal``) and holds no command lists, so on
+    today's hosts the commands come from the cron jobs (``ctx.cron``). One finding per
+    missing path and hook command, or per missing path and cron job.
+    """
     out: list[Finding] = []
-    for name, items in hooks.items():
+    seen: set[tuple[str, ...]] = set()
+    hooks = ctx.config.get("hooks")
+    for name, items in (hooks.items() if isinstance(hooks, Mapping) else ()):
         if name in ("__proto__", "constructor", "prototype") or not isinstance(items, list):
             continue
         for item in items:
@@ -291,14 +337,34 @@ def stale_cron(ctx: Context) -> list[Finding]:
             if not isinstance(cmd, str):
                 continue
             for tok in cmd.split():
-                if tok.startswith("/") and not tok.startswith(("/usr", "/bin")) \
-                        and not Path(tok).exists():
-                    out.append(Finding(
-                        "stale_cron", 1, "low", 0.50,
-                        f"Hook {name} points at {tok}, which does not exist.", 0.0, 0,
-                        "Fix the path or remove the hook.", f"# {name}: {cmd}",
-                        {"hook": name, "command": cmd, "missingPath": tok},
-                        "measured", "fix", "", "openclaw"))
+                key: tuple[str, ...] = ("hook", str(name), cmd, tok)
+                if key in seen or not _missing_path(tok):
+                    continue
+                seen.add(key)
+                out.append(Finding(
+                    "stale_cron", 1, "low", 0.50,
+                    f"Hook {name} points at {tok}, which does not exist.", 0.0, 0,
+                    "Fix the path or remove the hook.", f"# {name}: {cmd}",
+                    {"hook": name, "command": cmd, "missingPath": tok},
+                    "measured", "fix", "", "openclaw"))
+    for c in ctx.cron:
+        for tok in _cron_words(c):
+            key = ("cron", c.job_id, tok)
+            if key in seen or not _missing_path(tok):
+                continue
+            seen.add(key)
+            jid = shlex.quote(c.job_id)
+            out.append(Finding(
+                "stale_cron", 1, "low", 0.50,
+                f"Cron job {c.job} ({c.field}) points at {tok}, which does not exist.", 0.0, 0,
+                f"Fix the path (openclaw cron edit {jid}) or turn the job off "
+                f"(openclaw cron disable {jid}).",
+                # one comment line even when the job's shell script spans several
+                f"# cron:{' '.join(c.job.split())}: {' '.join(c.command.split())}\n"
+                f"openclaw cron disable {jid}",
+                {"hook": f"cron:{c.job}", "command": c.command, "missingPath": tok,
+                 "job": c.job, "jobId": c.job_id, "field": c.field},
+                "measured", "fix", c.agent, "openclaw"))
     return out
 
 
@@ -698,21 +764,48 @@ def dedup_total(findings: Sequence[Finding]) -> float:
 
 
 def load_openclaw_config(root: Path | None) -> dict[str, Any]:
-    """``<root>/config.json`` (hooks for ``stale_cron``); ``{}`` when missing or bad."""
+    """``<root>/openclaw.json`` (JSON with comments) plus a legacy ``<root>/config.json``'s hooks.
+
+    OpenClaw 2026.9.x writes ``openclaw.json``; the reference reads ``config.json``, which
+    older installs may still have: its ``hooks`` lists are added to the same names
+    (``stale_cron`` drops the duplicate findings). ``{}`` when neither is usable; a bad
+    ``openclaw.json`` gives one debug line, never an exception.
+    """
     if root is None:
         return {}
+    from token_optimizer.audit.context import load_json_config
+
     try:
-        data = orjson.loads((root / "config.json").read_bytes())
+        cfg, why = load_json_config(root / "openclaw.json")
+    except OSError as exc:
+        cfg, why = {}, str(exc)
+    if why:
+        log.debug("[token-optimizer] stale_cron: %s", why)
+    try:
+        legacy = orjson.loads((root / "config.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        legacy = None
+    if not isinstance(legacy, dict):
+        return cfg
+    if not cfg:
+        return legacy
+    old = legacy.get("hooks")
+    if not isinstance(old, dict):
+        return cfg
+    cur = cfg.get("hooks")
+    hooks: dict[str, Any] = dict(cur) if isinstance(cur, dict) else {}
+    for name, items in old.items():
+        if isinstance(items, list):
+            have = hooks.get(name)
+            hooks[name] = (have if isinstance(have, list) else []) + items
+    return {**cfg, "hooks": hooks}
 
 
 def run_detectors(rows: Sequence[SessionRow], *, config: Mapping[str, Any] | None = None,
-                  pricer: Pricer | None = None,
+                  cron: Sequence[CronCommand] = (), pricer: Pricer | None = None,
                   registry: Sequence[tuple[str, Detector]] = REGISTRY) -> AuditResult:
     span = span_days(rows)
-    ctx = Context(rows, config or {}, pricer or Pricer(None), 30 / span, span)
+    ctx = Context(rows, config or {}, pricer or Pricer(None), 30 / span, span, cron)
     found: list[Finding] = []
     for name, det in registry:
         try:

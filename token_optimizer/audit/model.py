@@ -225,3 +225,27 @@ class SessionRow:
             status=d["status"], end_reason=d["endReason"], platform=d["platform"],
             topic=d["topic"], heartbeat_outcomes=d["heartbeatOutcomes"],
         )
+
+
+@dataclass(frozen=True)
+class CronCommand:
+    """One command line or working directory an enabled OpenClaw cron job runs.
+
+    Read from ``state/openclaw.sqlite`` ``cron_jobs.job_json`` (see
+    :func:`token_optimizer.audit.openclaw.read_cron_commands`).
+    """
+
+    job_id: str
+    job: str
+    """The job's ``name``."""
+    agent: str
+    """``cron_jobs.agent_id`` (``""`` when unset: the default agent)."""
+    field: str
+    """Where in the job it sits: ``payload.argv``, ``payload.cwd``, ``schedule.command``
+    or ``schedule.cwd``."""
+    command: str
+    """The command line (argv joined by spaces) or the directory, as shown to the user."""
+    parts: tuple[str, ...]
+    """The argv elements (a shell string is one element), or the directory alone."""
+    is_dir: bool = False
+    """``parts`` is one working directory: checked whole, never split on whitespace."""

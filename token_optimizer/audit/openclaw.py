@@ -16,7 +16,9 @@ Layout (checked against the host's dist, ``openclaw-agent-board-schema-*.mjs``
   ``transcript_events`` into a zstd JSONL, in the db or under
   ``agents/<id>/sessions/cold/``); ``session_transcript_archives`` (deleted or
   reset transcripts kept in the db); ``transcript_rewrite_watermarks``.
-* ``<root>/state/openclaw.sqlite``: ``cron_jobs(job_id, name, agent_id, …)``.
+* ``<root>/state/openclaw.sqlite``: ``cron_jobs(job_id, name, enabled, agent_id,
+  payload_kind, job_json, …)``; ``job_json`` holds the job definition (``payload``,
+  ``schedule``), read for the commands an enabled job runs.
 * ``<root>/agents/<id>/sessions/``: legacy ``<sid>.jsonl`` and the archives the
   host still counts, ``<sid>.jsonl.deleted.<stamp>`` / ``.reset.<stamp>``
   (optionally ``.zst``), plus import leftovers ``<sid>.jsonl.migrated[.N]``.
@@ -41,7 +43,7 @@ import orjson
 
 from token_optimizer.audit import zstd
 from token_optimizer.audit.cache import AuditCache
-from token_optimizer.audit.model import RunType, SessionRow
+from token_optimizer.audit.model import CronCommand, RunType, SessionRow
 from token_optimizer.audit.money import Pricer, finish_session
 from token_optimizer.audit.sqlite_ro import connect_ro, store_stamp, table_columns
 
@@ -265,6 +267,84 @@ def read_cron_jobs(root: Path) -> dict[str, str]:
         return {}
     finally:
         con.close()
+
+
+def _str_list(v: Any) -> list[str] | None:
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+        return None
+    return v
+
+
+def _job_commands(job_id: str, name: str, agent: str, job: dict[str, Any]) -> list[CronCommand]:
+    """The commands and working directories of one job (its ``job_json``).
+
+    OpenClaw 2026.9.6 (``CronPayload``/``CronJobSchema`` in its ``dist`` typings) runs
+    processes from three places: a ``command`` payload (``argv``: string list, the CLI's
+    ``--command`` stores ``["sh", "-lc", <shell>]``; ``cwd``), an ``on-exit`` schedule
+    (``command``: shell string; ``cwd``) and a ``stream`` schedule (``command``: argv;
+    ``cwd``). Other payloads hold prompts (``agentTurn.message``, ``systemEvent.text``) or
+    inline script source (``script.script``, ``trigger.script``), never a path to check.
+    """
+    out: list[CronCommand] = []
+
+    def add(where: str, key: str, argv: list[str] | None, cwd: Any) -> None:
+        if not argv:
+            return
+        out.append(CronCommand(job_id, name, agent, f"{where}.{key}", " ".join(argv), tuple(argv)))
+        if isinstance(cwd, str) and cwd:
+            out.append(CronCommand(job_id, name, agent, f"{where}.cwd", cwd, (cwd,), is_dir=True))
+
+    payload = job.get("payload")
+    if isinstance(payload, dict) and payload.get("kind") == "command":
+        add("payload", "argv", _str_list(payload.get("argv")), payload.get("cwd"))
+    sched = job.get("schedule")
+    if isinstance(sched, dict):
+        kind = sched.get("kind")
+        cmd = sched.get("command")
+        if kind == "on-exit" and isinstance(cmd, str) and cmd.strip():
+            add("schedule", "command", [cmd], sched.get("cwd"))
+        elif kind == "stream":
+            add("schedule", "command", _str_list(cmd), sched.get("cwd"))
+    return out
+
+
+def read_cron_commands(root: Path | None) -> list[CronCommand]:
+    """Commands of the *enabled* cron jobs in ``state/openclaw.sqlite`` (read-only).
+
+    Empty when the store, the table or its columns are missing; an unreadable store
+    gives one debug line, a job whose ``job_json`` is not an object is skipped.
+    """
+    if root is None:
+        return []
+    p = root / STATE_DB
+    if not p.is_file():
+        return []
+    try:
+        con = connect_ro(p)
+    except sqlite3.Error as exc:
+        log.debug("cron_jobs unreadable in %s: %s", p, exc)
+        return []
+    out: list[CronCommand] = []
+    try:
+        cols = table_columns(con, "cron_jobs")
+        if not {"job_id", "name", "enabled", "job_json"} <= cols:
+            return []
+        agent = "agent_id" if "agent_id" in cols else "NULL"
+        order = " ORDER BY sort_order, job_id" if "sort_order" in cols else " ORDER BY job_id"
+        for job_id, name, agent_id, raw in con.execute(
+                f"SELECT job_id, name, {agent}, job_json FROM cron_jobs WHERE enabled = 1{order}"):
+            try:
+                job = orjson.loads(raw) if isinstance(raw, (str, bytes)) else None
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(job, dict):
+                out.extend(_job_commands(str(job_id), str(name), str(agent_id or ""), job))
+    except sqlite3.Error as exc:
+        log.debug("cron_jobs unreadable in %s: %s", p, exc)
+        return []
+    finally:
+        con.close()
+    return out
 
 
 # ---------------------------------------------------------------- one agent store

@@ -410,8 +410,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def build_audit(rows: list[SessionRow], roots: Roots, days: int | None) -> dict[str, Any]:
     from token_optimizer.audit.detectors import load_openclaw_config, run_detectors
+    from token_optimizer.audit.openclaw import read_cron_commands
 
     res = run_detectors(rows, config=load_openclaw_config(roots.openclaw),
+                        cron=read_cron_commands(roots.openclaw),
                         pricer=Pricer(roots.openclaw))
     agents: list[str] = []
     for r in sorted(rows, key=lambda r: r.started_ms or 0.0):
