@@ -13,6 +13,8 @@ from audit_stores import (
     tool_result_event,
     user_event,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from token_optimizer.audit.model import SessionRow
 from token_optimizer.audit.scan import Roots, ScanResult, detect, scan
@@ -283,3 +285,27 @@ def test_detect_lists_stores_with_sizes(oc: OpenClawStore, tmp_path: Path) -> No
                      ("hermes", "state-db")}
     assert all(s["bytes"] > 0 for h in info["hosts"] for s in h["stores"])
     assert not detect(Roots(tmp_path / "none", tmp_path / "none2"))["found"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-62_135_596_800_000, 253_402_300_799_999))
+def test_timestamp_fast_path_equals_the_full_parser(ms: int) -> None:
+    import datetime as dt
+
+    from token_optimizer.audit.accumulate import timestamp_ms
+    from token_optimizer.transcripts import timestamp_ms as full
+
+    d = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
+    v = f"{d.year:04d}-{d:%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    assert timestamp_ms(v) == full(v)
+
+
+@pytest.mark.parametrize("v", ["2026-01-01T0 :00:00.000Z", "2026-01-01T+1:00:00.000Z",
+                               "２026-01-01T00:00:00.000Z", "2026-01-01T24:00:00.000Z",
+                               "2026-02-30T00:00:00.000Z", "2026-01-01T00:00:60.000Z",
+                               "0000-01-01T00:00:00.000Z", "2026-13-01T00:00:00.000Z"])
+def test_timestamp_fast_path_defers_odd_shapes_to_the_full_parser(v: str) -> None:
+    from token_optimizer.audit.accumulate import timestamp_ms
+    from token_optimizer.transcripts import timestamp_ms as full
+
+    assert timestamp_ms(v) == full(v)

@@ -50,44 +50,27 @@ def _num(v: object) -> float:
     return f if math.isfinite(f) and f > 0 else 0.0
 
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
-_MS = _dt.timedelta(milliseconds=1)
 _PLAIN_USAGE_KEYS = frozenset({"input_tokens", "output_tokens", "cache_read_input_tokens",
                                "cache_creation_input_tokens"})
 
 
-_HOUR_MS: dict[str, float] = {}
-"""``YYYY-MM-DDTHH`` → epoch ms of that hour (a transcript's lines share a few hours)."""
-
-
-def _hour_ms(prefix: str) -> float | None:
-    base = _HOUR_MS.get(prefix)
-    if base is None:
-        try:
-            d = _dt.datetime(int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]),
-                             int(prefix[11:13]), tzinfo=_dt.UTC)
-        except ValueError:
-            return None
-        base = float((d - _EPOCH) // _MS)
-        if len(_HOUR_MS) < 65536:
-            _HOUR_MS[prefix] = base
-    return base
+_fromiso = _dt.datetime.fromisoformat
 
 
 def timestamp_ms(v: object) -> float | None:
     """:func:`token_optimizer.transcripts.timestamp_ms`, with a fast path for the common
-    ``YYYY-MM-DDTHH:MM:SS.mmmZ`` form (same result; anything else takes the full parser)."""
+    ``YYYY-MM-DDTHH:MM:SS.mmmZ`` form: the C ``fromisoformat`` (which takes the ``Z`` as
+    UTC from Python 3.11) reads it; whatever it refuses -- a field out of range, a digit
+    that is not ASCII -- goes to the full parser, so the result is always the full
+    parser's."""
     if isinstance(v, str) and len(v) == 24 and v[10] == "T" and v[19] == "." and v[23] == "Z" \
             and v[4] == "-" and v[7] == "-" and v[13] == ":" and v[16] == ":":
-        base = _hour_ms(v[:13])
-        if base is not None:
-            try:
-                mi, se, ms = int(v[14:16]), int(v[17:19]), int(v[20:23])
-            except ValueError:
-                return _timestamp_ms(v)
-            # the ranges datetime() accepts (microsecond = ms * 1000 < 10**6)
-            if 0 <= mi <= 59 and 0 <= se <= 59 and 0 <= ms <= 999:
-                return base + (mi * 60_000 + se * 1000 + ms)
+        try:
+            d = _fromiso(v)
+        except ValueError:
+            return _timestamp_ms(v)
+        # whole milliseconds: rounding undoes the float seconds' representation error
+        return float(round(d.timestamp() * 1000))
     return _timestamp_ms(v)
 
 
