@@ -14,15 +14,17 @@ the Claude-style record shape the reference's parser reads (usage keys
 the temp dir:
 
 * ``node dist/cli.js scan --json --days 30`` (the reference; it re-reads every
-  file on every run, so it is timed once cold and once warm);
+  file on every run, so it is timed once cold and then ``WARM_RUNS`` times);
 * ``python -m token_optimizer scan --json --days 30`` cold (empty cache), then
-  warm (nothing new), from a regular (not editable) install of this checkout into
+  ``WARM_RUNS`` times warm (nothing new), from a regular (not editable) install of this checkout into
   a fresh venv, as ``pip install`` leaves it (``--python`` runs another
   interpreter instead, e.g. this dev venv's; an editable install adds its import
   hook to every start-up).
 
 It compares session count, token totals by kind and total cost, and prints
-the wall-clock times of the whole processes (start-up included) and the ratios.
+the wall-clock times of the whole processes (start-up included) and the ratios;
+a warm ratio is the reference's best repeat run over our best warm run (this is
+a shared VM, and noise only adds time).
 Targets: same totals, our cold ≤ the reference's, our warm ≥ 20× faster.
 
 ``--sizes 4000,20000`` runs the side by side on several store sizes (100 events per
@@ -45,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ["claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5", "gpt-5.2"]
+WARM_RUNS = 3
+"""Warm runs per side (the reference re-reads everything each time); the best one counts."""
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -137,10 +141,16 @@ def run_size(cli: Path, node: str, sessions: int, events: int, python: str) -> d
         ours_cmd = [python, "-m", "token_optimizer", "scan", "--json", "--days", "30",
                     "--hermes-home", str(Path(tmp) / "no-hermes")]
         ref_cold, ref_rows = _timed(ref_cmd, env)
-        ref_warm, _ = _timed(ref_cmd, env)
+        ref_warms = [_timed(ref_cmd, env)[0] for _ in range(WARM_RUNS)]
         # (run from the temp dir: from the checkout, ``-m`` would import its sources instead)
         our_cold, our_rows = _timed(ours_cmd, env, Path(tmp))
-        our_warm, our_rows2 = _timed(ours_cmd, env, Path(tmp))
+        our_warms: list[float] = []
+        our_rows2: Any = None
+        for _ in range(WARM_RUNS):
+            dt, our_rows2 = _timed(ours_cmd, env, Path(tmp))
+            our_warms.append(dt)
+        # a shared VM: noise only adds time, so each side's best warm run is its cost
+        ref_warm, our_warm = min(ref_warms), min(our_warms)
         rt, ot, ot2 = totals(ref_rows), totals(our_rows), totals(our_rows2)
         print(f"{'':10} {'sessions':>8} {'input':>12} {'output':>12} {'cacheRead':>14} "
               f"{'cacheWrite':>12} {'cost $':>12}")
@@ -151,8 +161,9 @@ def run_size(cli: Path, node: str, sessions: int, events: int, python: str) -> d
             abs(rt["costUsd"] - ot["costUsd"]) <= 1e-6 * max(1.0, rt["costUsd"]) and \
             ot["costUsd"] == ot2["costUsd"] and our_rows == our_rows2
         print(f"totals: {'same' if same else 'DIFFERENT'}")
-        print(f"reference: {ref_cold:.2f} s (first run), {ref_warm:.2f} s (second run)")
-        print(f"ours:      {our_cold:.2f} s cold, {our_warm:.3f} s warm")
+        print(f"reference: {ref_cold:.2f} s (first run), then "
+              f"{', '.join(f'{t:.2f}' for t in ref_warms)} s")
+        print(f"ours:      {our_cold:.2f} s cold, then {', '.join(f'{t:.3f}' for t in our_warms)} s warm")
         cold_ratio = ref_cold / our_cold
         warm_ratio = ref_warm / our_warm
         print(f"cold: reference / ours = {cold_ratio:.2f}x (target ≥ 1); "
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- {sessions} sessions")
             results.append(run_size(cli, args.node, sessions, events, python))
     if len(results) > 1:
-        print(f"{'sessions':>9} {'lines':>10} {'ref 1st':>8} {'ref 2nd':>8} {'ours cold':>9} "
+        print(f"{'sessions':>9} {'lines':>10} {'ref 1st':>8} {'ref best':>8} {'ours cold':>9} "
               f"{'ours warm':>9} {'cold x':>7} {'warm x':>7} totals")
         for r in results:
             print(f"{r['sessions']:>9} {r['lines']:>10} {r['ref_cold']:>8.2f} {r['ref_warm']:>8.2f} "
