@@ -173,7 +173,9 @@ def _scan_child(oc: str, hm: str, state: str) -> None:
     t1 = time.perf_counter()
     rows = res.rows  # what every report and audit command goes on to build
     dt = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # the scan's own process, or a worker of its process pool if one grew larger
+    peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({"seconds": dt, "scan_seconds": t1 - t0, "peak_rss_mb": peak_kb / 1024,
                       "sessions": len(rows),
                       "events_read": res.events_read,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from audit_stores import (
@@ -309,3 +310,41 @@ def test_timestamp_fast_path_defers_odd_shapes_to_the_full_parser(v: str) -> Non
     from token_optimizer.transcripts import timestamp_ms as full
 
     assert timestamp_ms(v) == full(v)
+
+
+def test_pooled_event_pass_gives_the_same_rows_cold_and_incremental(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full pass split by session over forked workers equals the in-process pass, on a
+    cold read and on an incremental one (sessions continuing from their watermarks)."""
+    from token_optimizer.audit import openclaw as ocm
+
+    oc = OpenClawStore(tmp_path / "openclaw")
+    n = ocm.FULL_SCAN_MIN_SESSIONS + 10
+    for i in range(n):
+        oc.add_session(f"s{i:04d}", created_ms=T0 + i * 1000)
+        oc.add_events(f"s{i:04d}", [user_event(f"task {i}", T0 + i * 1000),
+                                    assistant_event(T0 + i * 1000 + 10, inp=10 + i,
+                                                    tools=("exec",) if i % 3 else (),
+                                                    stop="toolUse" if i % 3 else "stop")])
+    monkeypatch.setattr(ocm, "POOL_MIN_EVENTS", 1)
+    pooled: list[int] = []
+    real = ocm.AgentStoreReader._full_pass_pooled
+
+    def spy(self: Any, todo: dict[str, int], total: int, workers: int) -> None:
+        real(self, todo, total, workers)  # (an exception would fall back: not wanted)
+        pooled.append(len(todo))
+
+    monkeypatch.setattr(ocm.AgentStoreReader, "_full_pass_pooled", spy)
+    for step in range(2):
+        monkeypatch.setenv("TOKEN_OPTIMIZER_AUDIT_WORKERS", "2")
+        two = scan(Roots(oc.root, None), tmp_path / "pooled", use_cache=True)
+        monkeypatch.setenv("TOKEN_OPTIMIZER_AUDIT_WORKERS", "1")
+        one = scan(Roots(oc.root, None), tmp_path / "single", use_cache=True)
+        assert two.json_array() == one.json_array()
+        assert two.events_read == one.events_read > 0
+        assert len(two.rows) == n
+        # every session grows: the next pass is incremental from each watermark
+        for i in range(n):
+            oc.add_events(f"s{i:04d}", [assistant_event(T0 + i * 1000 + 20 + step, inp=7)])
+    assert pooled == [n, n]
+    oc.close()

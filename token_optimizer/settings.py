@@ -301,8 +301,9 @@ MAX_MESSAGES = _s(None, "maxMessages", "int", 200, "whole number, 0-100000",
                   "messages of the conversation the OpenClaw shim forwards per `agent_end`",
                   int_parser(0, 100_000), scope="shim")
 AUDIT_WORKERS = _s("TOKEN_OPTIMIZER_AUDIT_WORKERS", None, "int", None, "whole number >= 1",
-                   "processes a cold `scan` of many transcript files parses them on (default: "
-                   "the cores, up to 8, for large cold scans)", int_parser(1, 64), scope="cli")
+                   "processes a cold `scan` of many transcript files or events parses them on "
+                   "(default: the cores, up to 8, for large cold scans)", int_parser(1, 64),
+                   scope="cli")
 OPENCLAW_RUNTIME = _s("TOKEN_OPTIMIZER_OPENCLAW_RUNTIME", None, "text", None, "module:attr",
                       "debug: a stand-in runtime factory for the OpenClaw worker", parse_text,
                       scope="internal")

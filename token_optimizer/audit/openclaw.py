@@ -434,7 +434,15 @@ class AgentStoreReader:
         expected = {sid: heads[sid][1] for sid in todo}
         total = sum(heads[sid][1] - keep[sid].count for sid in todo)
         if len(todo) >= FULL_SCAN_MIN_SESSIONS:
-            self._full_pass(con, todo, total)
+            workers = _event_workers(total)
+            if workers > 1:
+                try:
+                    self._full_pass_pooled(todo, total, workers)
+                except Exception as exc:  # no fork, a dead worker: read in-process
+                    log.debug("event pool unavailable (%s); reading in-process", exc)
+                    self._full_pass(con, todo, total)
+            else:
+                self._full_pass(con, todo, total)
         else:
             done = 0
             for sid, after in todo.items():
@@ -476,6 +484,34 @@ class AgentStoreReader:
             done += len(rows)
             if self.progress:
                 self.progress(min(done, total), total, f"{self.agent}: events")
+
+    def _full_pass_pooled(self, todo: dict[str, int], total: int, workers: int) -> None:
+        """:meth:`_full_pass` split by session over forked workers: each reads every row
+        on its own read-only connection but decodes only its own sessions' events, so a
+        session's figures are built whole, in ``seq`` order, by one process, exactly as
+        in-process. The parent takes the finished states back; nothing is merged."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from token_optimizer.audit.accumulate import SessionAcc
+
+        global _pool_reader
+        parts: list[dict[str, int]] = [{} for _ in range(workers)]
+        for i, (sid, after) in enumerate(todo.items()):
+            parts[i % workers][sid] = after
+        _pool_reader = self  # inherited by the forked workers
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
+                done = 0
+                for states, n in ex.map(_events_part, parts):
+                    for sid, st in states.items():
+                        self.sessions[sid] = SessionAcc.from_state(st)
+                    self.events_read += n
+                    done += n
+                    if self.progress:
+                        self.progress(min(done, total), total, f"{self.agent}: events")
+        finally:
+            _pool_reader = None
 
     def _session_pass(self, con: sqlite3.Connection, sid: str, after: int) -> int:
         acc = self.sessions[sid]
@@ -550,6 +586,43 @@ class AgentStoreReader:
         except Exception as exc:  # missing file, corrupt frame, no zstd
             log.debug("cold archive %s unreadable: %s", name, exc)
             return None
+
+
+POOL_MIN_EVENTS = 200_000
+"""A cold read of at least this many transcript events runs on a process pool."""
+
+_pool_reader: AgentStoreReader | None = None
+
+
+def _events_part(todo: dict[str, int]) -> tuple[dict[str, Any], int]:
+    """In a forked worker: one share of a full pass; the finished states and rows read."""
+    reader = _pool_reader
+    assert reader is not None
+    con = connect_ro(reader.path)
+    try:
+        reader.progress = None
+        before = reader.events_read
+        reader._full_pass(con, todo, 0)
+        return ({sid: reader.sessions[sid].to_state() for sid in todo},
+                reader.events_read - before)
+    finally:
+        con.close()
+
+
+def _event_workers(n_events: int) -> int:
+    """Processes for a full pass over ``n_events`` new events (1: in-process)."""
+    from token_optimizer import settings
+
+    chosen = settings.env_value(settings.AUDIT_WORKERS)  # a bad value warns once
+    if isinstance(chosen, int):
+        return chosen
+    if n_events < POOL_MIN_EVENTS or not sys.platform.startswith("linux"):
+        return 1
+    import threading
+
+    if threading.active_count() > 1:
+        return 1  # never fork a threaded process (a lock held elsewhere stays held)
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 # ---------------------------------------------------------------- legacy files
