@@ -627,3 +627,21 @@ def test_v5_state_stays_small(paths: StatePaths) -> None:
         tel.mark_welcome_seen()
     assert paths.v5_features.stat().st_size < 200
     # the read-cache file's 500-entry cap: test_read_cache.py::test_trim_to_500_entries_by_last_access
+
+
+def test_checked_dir_levels_memo_is_lexical_only(tmp_path: Path) -> None:
+    """The memo of (root, path) → names never skips the on-disk check: a level swapped for a
+    symlink after a first successful open is refused on the next call; bad pairs keep failing."""
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    with fsutil.open_checked_dir(root, root / "a" / "b"):
+        pass
+    shutil.rmtree(root / "a")
+    (root / "a").symlink_to(outside)
+    for _ in range(2):
+        with pytest.raises(fsutil.UnsafePathError):
+            fsutil.open_checked_dir(root, root / "a" / "b")
+        with pytest.raises(fsutil.UnsafePathError):
+            fsutil.open_checked_dir(root, tmp_path / "elsewhere")

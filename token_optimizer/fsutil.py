@@ -524,6 +524,34 @@ class CheckedDir:
         return dir_lock(self)
 
 
+_LEVELS: dict[tuple[str, str], tuple[Path, Path, tuple[str, ...]]] = {}
+"""(root, path) → their absolute forms and the checked names between them, for absolute
+pairs (lexical only, so it never goes stale; the handful of state dirs hit it every call)."""
+_LEVELS_CAP = 512
+
+
+def _levels(root: Path, path: Path) -> tuple[Path, Path, tuple[str, ...]]:
+    """``root`` and ``path`` made absolute and the plain names leading from one to the other
+    (:class:`UnsafePathError` when ``path`` is not below ``root`` or a name is not plain)."""
+    key = (os.fspath(root), os.fspath(path))
+    hit = _LEVELS.get(key)
+    if hit is not None:
+        return hit
+    r = Path(os.path.abspath(root))
+    p = Path(os.path.abspath(path))
+    if not is_within(r, p):
+        raise UnsafePathError(f"{p} is not below {r}")
+    rel = os.path.relpath(p, r)
+    parts: tuple[str, ...] = () if rel == "." else tuple(rel.split(os.sep))
+    for part in parts:
+        _check_name(part)
+    if os.path.isabs(key[0]) and os.path.isabs(key[1]):  # (a relative pair follows the cwd)
+        if len(_LEVELS) >= _LEVELS_CAP:
+            _LEVELS.clear()
+        _LEVELS[key] = (r, p, parts)
+    return r, p, parts
+
+
 def open_checked_dir(root: Path, path: Path, *, create: bool = False) -> CheckedDir:
     """Open ``path`` (``root`` or below it) with every level from ``root`` down checked.
 
@@ -533,14 +561,7 @@ def open_checked_dir(root: Path, path: Path, *, create: bool = False) -> Checked
     missing levels are created with mode 0700; without it a missing level
     raises ``FileNotFoundError``.
     """
-    r = Path(os.path.abspath(root))
-    p = Path(os.path.abspath(path))
-    if not is_within(r, p):
-        raise UnsafePathError(f"{p} is not below {r}")
-    rel = os.path.relpath(p, r)
-    parts: tuple[str, ...] = () if rel == "." else tuple(rel.split(os.sep))
-    for part in parts:
-        _check_name(part)
+    r, p, parts = _levels(root, path)
     if create:
         trusted: list[Path] = []
         q = r.parent
