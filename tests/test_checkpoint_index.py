@@ -8,6 +8,7 @@ import math
 import os
 import random
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -232,25 +233,37 @@ def test_appends_by_other_writers_are_found_by_the_background_sweep(paths: State
     idx.close()
 
 
-def test_query_does_not_lstat_known_manifests(paths: StatePaths,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    for i in range(40):
-        write(paths, f"s{i:02d}")
+def _settled_index(paths: StatePaths, sessions: list[str]) -> CheckpointIndex:
+    """An index over one checkpoint per session, after its first query and pass."""
+    for sid in sessions:
+        write(paths, sid)
     idx = CheckpointIndex(paths)
     rows(idx)
     assert idx.wait_for_sweep(10)
+    return idx
+
+
+def _spy_lstat(monkeypatch: pytest.MonkeyPatch, on_call: Callable[[object], object]) -> None:
+    """Call ``on_call(path)`` before each of this thread's ``lstat``s in the index module (a
+    pass of another test's index may still be running on its own thread)."""
     import threading
 
-    seen: list[str] = []
     real = os.lstat
-    me = threading.current_thread()  # a pass of another test's index may still be running
+    me = threading.current_thread()
 
     def spy(p: object, *a: object, **k: object) -> os.stat_result:
         if threading.current_thread() is me:
-            seen.append(str(p))
+            on_call(p)
         return real(p, *a, **k)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ci.os, "lstat", spy)
+
+
+def test_query_does_not_lstat_known_manifests(paths: StatePaths,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    idx = _settled_index(paths, [f"s{i:02d}" for i in range(40)])
+    seen: list[str] = []
+    _spy_lstat(monkeypatch, lambda p: seen.append(str(p)))
     got = rows(idx, limit=3)
     assert len(got) == 3
     # below the root: only the returned files (their validity), never a manifest
@@ -263,25 +276,17 @@ def test_a_pass_does_not_hold_the_lock_while_it_lstats(paths: StatePaths,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    for i in range(5):
-        write(paths, f"s{i}")
-    idx = CheckpointIndex(paths)
-    rows(idx)
-    assert idx.wait_for_sweep(10)
+    idx = _settled_index(paths, [f"s{i}" for i in range(5)])
     free: list[bool] = []
-    real = os.lstat
-    me = threading.current_thread()  # a pass of another test's index may still be running
 
-    def probe(p: object, *a: object, **k: object) -> os.stat_result:
-        if threading.current_thread() is me and str(p).endswith("manifest.jsonl"):
-            # another thread could take the lock now
+    def probe(p: str) -> None:
+        if p.endswith("manifest.jsonl"):  # another thread could take the lock now
             t = threading.Thread(target=lambda: free.append(idx._lock.acquire(timeout=1)
                                                             and (idx._lock.release() or True)))
             t.start()
             t.join()
-        return real(p, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ci.os, "lstat", probe)
+    _spy_lstat(monkeypatch, lambda p: probe(str(p)))
     idx.sweep()
     assert free == [True] * 5
     idx.close()
