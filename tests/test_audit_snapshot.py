@@ -223,3 +223,14 @@ def test_gc_is_back_on_after_a_scan(stores: Any, tmp_path: Path) -> None:
         assert not gc.isenabled()  # a caller's choice is left as it was
     finally:
         gc.enable()
+
+
+def test_model_split_round_trips_field_by_field() -> None:
+    from token_optimizer.audit.model import ModelSplit, Tokens
+
+    s = ModelSplit("m", 3, Tokens(1, 2, 3, 4), 0.5, 0.25, 0.125, 0.0625, 7, "mixed", "src")
+    back = ModelSplit.from_json(orjson.loads(orjson.dumps(s.to_json())))
+    assert back == s
+    assert [back.calls, back.cost_usd, back.recorded_usd, back.estimated_usd, back.table_usd,
+            back.unpriced_tokens, back.basis, back.price_source] == \
+        [3, 0.5, 0.25, 0.125, 0.0625, 7, "mixed", "src"]

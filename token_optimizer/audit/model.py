@@ -57,7 +57,8 @@ class Tokens:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Tokens:
-        return cls(int(d["input"]), int(d["output"]), int(d["cacheRead"]), int(d["cacheWrite"]))
+        """From :meth:`to_json`'s dict (whose values are ints already)."""
+        return cls(d["input"], d["output"], d["cacheRead"], d["cacheWrite"])
 
 
 @dataclass
@@ -91,11 +92,12 @@ class ModelSplit:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelSplit:
-        return cls(model=d["model"], calls=d["calls"], tokens=Tokens.from_json(d["tokens"]),
-                   cost_usd=d["costUsd"], recorded_usd=d["recordedUsd"],
-                   estimated_usd=d["estimatedUsd"], table_usd=d["tableUsd"],
-                   unpriced_tokens=d["unpricedTokens"], basis=d["costBasis"],
-                   price_source=d["priceSource"])
+        t = d["tokens"]
+        # positional, in field order: a warm scan builds five of these per session
+        return cls(d["model"], d["calls"],
+                   Tokens(t["input"], t["output"], t["cacheRead"], t["cacheWrite"]),
+                   d["costUsd"], d["recordedUsd"], d["estimatedUsd"], d["tableUsd"],
+                   d["unpricedTokens"], d["costBasis"], d["priceSource"])
 
 
 @dataclass
