@@ -296,6 +296,50 @@ def test_candidate_cap_is_taken_before_skipping(paths: StatePaths, cont: Continu
     )
 
 
+def test_fast_search_checks_only_the_winner(paths: StatePaths, cont: Continuity,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the candidates' texts are cached, a search lstat-s the winner's file only."""
+    write_checkpoint(paths, "sess-keepwarm", KEEPWARM, age_ms=2000)
+    for i in range(12):
+        write_checkpoint(paths, f"other{i}", ALPHA, age_ms=3000 + i)
+    first = cont.find_best_continuity_checkpoint("keepwarm daemon interval", "new", OTHER)
+    assert first is not None and first.entry.session_dir_name == "sess-keepwarm"
+    seen: list[str] = []
+    real = os.lstat
+
+    def spy(p: Any, *a: Any, **k: Any) -> os.stat_result:
+        seen.append(str(p))
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(c.os, "lstat", spy)
+    again = cont.find_best_continuity_checkpoint("keepwarm daemon interval", "new2", OTHER)
+    monkeypatch.undo()
+    assert again is not None and again.entry.path == first.entry.path
+    below = os.path.realpath(paths.checkpoints) + os.sep
+    assert [p for p in seen if p.startswith(below) and p.endswith(".md")] == [first.entry.path]
+
+
+@pytest.mark.parametrize("change", ["deleted", "rewritten", "symlinked"])
+def test_a_winner_changed_since_it_was_cached_is_searched_again_verified(
+        paths: StatePaths, cont: Continuity, tmp_path: Path, change: str) -> None:
+    newer = write_checkpoint(paths, "sess-newer", KEEPWARM, age_ms=2000)
+    write_checkpoint(paths, "sess-older", KEEPWARM, age_ms=5000)
+    got = cont.find_best_continuity_checkpoint("keepwarm daemon interval", "fresh-1", OTHER)
+    assert got is not None and got.entry.session_dir_name == "sess-newer"
+    if change == "deleted":
+        newer.unlink()
+    elif change == "rewritten":  # same name, new text (and size)
+        newer.write_text(ALPHA + "\nrewritten", encoding="utf-8")
+    else:
+        outside = tmp_path / "outside.md"
+        outside.write_text(KEEPWARM, encoding="utf-8")
+        newer.unlink()
+        newer.symlink_to(outside)
+    again = cont.find_best_continuity_checkpoint("keepwarm daemon interval", "fresh-2", OTHER)
+    assert again is not None and again.entry.session_dir_name == "sess-older"
+    assert again.content == KEEPWARM
+
+
 # ---------------------------------------------------------------- discovery safety
 
 

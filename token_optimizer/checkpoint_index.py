@@ -97,8 +97,9 @@ ROOT_STABLE_NS = 50_000_000
 
 Row = tuple[str, str, str, float]
 """``(realpath, session directory name, trigger, createdAt ms)``."""
-Listed = tuple[str, str, str, float, tuple[int, int, int]]
-"""A :data:`Row` plus the file's ``(size, mtime_ns, inode)`` at query time."""
+Listed = tuple[str, str, str, float, tuple[int, int, int] | None]
+"""A :data:`Row` plus the file's ``(size, mtime_ns, inode)`` at query time (``None`` from
+an unverified query)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
@@ -539,13 +540,17 @@ class CheckpointIndex:
                 log.debug("[token-optimizer] checkpoint index update failed: %s", err)
 
     def newest(
-        self, look_back_days: float, now: float, limit: int | None = None
+        self, look_back_days: float, now: float, limit: int | None = None, *,
+        verify: bool = True,
     ) -> list[Listed]:
         """Valid checkpoints newer than the look-back, newest first (ties: directory, line order).
 
         ``look_back_days`` NaN disables the age filter. Never raises; an unusable
         index is rebuilt once, and ``[]`` is returned only when the root is absent
-        or refused (a symlink).
+        or refused (a symlink). ``verify=False`` skips the ``lstat`` of each row's file:
+        the rows are the index's as they are (a file deleted or swapped since it was
+        indexed is still listed, with no stat key), for a caller that checks what it
+        uses itself.
         """
         with self._lock:
             root = real_dir(self.paths.checkpoints)
@@ -561,7 +566,7 @@ class CheckpointIndex:
                         if not is_busy(err):
                             raise
                         log.debug("[token-optimizer] checkpoint index busy: %s", err)
-                    found = self._query(conn, root, look_back_days, now, limit)
+                    found = self._query(conn, root, look_back_days, now, limit, verify)
                     self._maybe_start_sweep()
                     return found
                 except sqlite3.Error as err:
@@ -576,7 +581,7 @@ class CheckpointIndex:
 
     def _query(
         self, conn: sqlite3.Connection, root: Path, look_back_days: float, now: float,
-        limit: int | None,
+        limit: int | None, verify: bool = True,
     ) -> list[Listed]:
         sql = "SELECT path, dir, trigger, created_ms FROM checkpoints"
         args: tuple[float, ...] = ()
@@ -586,6 +591,11 @@ class CheckpointIndex:
         sql += " ORDER BY created_ms DESC, dir, off"
         out: list[Listed] = []
         want = -1 if limit is None else max(limit, 1)
+        if not verify:
+            if limit is not None:
+                sql += f" LIMIT {want:d}"
+            return [(path, name, trigger, float(created), None)
+                    for path, name, trigger, created in conn.execute(sql, args)]
         lstat, is_reg = os.lstat, stat.S_ISREG  # the loop runs up to `limit` times per turn
         for path, name, trigger, created in conn.execute(sql, args):
             try:
