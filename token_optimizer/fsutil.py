@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import os
@@ -74,11 +75,12 @@ class StatePaths:
     """The root's parent (``$OPENCLAW_STATE_DIR``, default ``~/.openclaw``): global
     ``.contextignore`` and transcript discovery."""
 
-    @property
+    # (cached: hooks ask for these on every call; the instance is frozen, so they cannot go stale)
+    @functools.cached_property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
-    @property
+    @functools.cached_property
     def read_cache(self) -> Path:
         return self.root / "read-cache"
 
