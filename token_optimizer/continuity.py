@@ -203,8 +203,13 @@ def keyword_relevance_score(
             content = Path(checkpoint_path).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return 0.0
-    cp_tokens = content_tokens if content_tokens is not None else topic_tokens(content)
-    if not cp_tokens:
+    return _token_share(prompt_tokens,
+                        content_tokens if content_tokens is not None else topic_tokens(content))
+
+
+def _token_share(prompt_tokens: set[str], cp_tokens: set[str]) -> float:
+    """The share of the prompt's tokens the checkpoint has (0 when either has none)."""
+    if not prompt_tokens or not cp_tokens:
         return 0.0
     return len(prompt_tokens & cp_tokens) / len(prompt_tokens)
 
@@ -692,6 +697,15 @@ class ContinuitySettings:
                    float(src.value(st.RESUME_TOPIC_BAR)))
 
 
+def _file_key(path: str) -> tuple[int, int, int] | None:
+    """``(size, mtime_ns, inode)`` of a regular file, not following a symlink (else ``None``)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
 class _CachedText:
     """A checkpoint's text and topic tokens while its ``(size, mtime_ns, inode)`` is ``key``,
     plus whether it names the cwd last asked about (sessions of a gateway mostly share
@@ -726,9 +740,8 @@ class _PromptFacts:
     (``None`` for no cwd or a generic one: ``/``, the home directory)."""
 
     @classmethod
-    def of(cls, text: str, cwd: str | None, engine: Continuity,
-           prompt_tokens: set[str] | None = None) -> _PromptFacts:
-        tokens = topic_tokens(text) if prompt_tokens is None else prompt_tokens
+    def of(cls, text: str, cwd: str | None, engine: Continuity) -> _PromptFacts:
+        tokens = topic_tokens(text)
         name = node_basename(cwd).lower() if cwd and not engine._is_generic_cwd(cwd) else None
         return cls(tokens, continuation_prompt(text, tokens), name)
 
@@ -778,17 +791,6 @@ class Continuity:
         """A checkpoint was just written for ``session_id``: index its new manifest rows."""
         self.index.note_capture(sanitize_checkpoint_id(session_id))
 
-    def _read_tokens(
-        self, path: str, key: tuple[int, int, int] | None = None
-    ) -> tuple[str, set[str]] | None:
-        """A checkpoint's text and topic tokens, cached while the file is unchanged.
-
-        ``key`` is the file's ``(size, mtime_ns, inode)`` when the caller has just
-        ``lstat``-ed it (the index query does), saving a second ``lstat``.
-        """
-        got = self._cached_text(path, key)
-        return None if got is None else (got.content, got.tokens)
-
     def _cached_text(self, path: str, key: tuple[int, int, int] | None, *,
                      trust: bool = False) -> _CachedText | None:
         """``trust``: with no ``key``, a text already cached is taken as it is (no ``lstat``);
@@ -798,13 +800,9 @@ class Continuity:
             if hit is not None:
                 return hit
         if key is None:
-            try:
-                st = os.lstat(path)
-            except OSError:
+            key = _file_key(path)
+            if key is None:
                 return None
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            key = (st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._token_cache.get(path)
         if cached is not None and cached.key == key:
             return cached
@@ -825,12 +823,7 @@ class Continuity:
     def _unchanged(self, path: str) -> bool:
         """The file is still the regular file whose text is cached (one ``lstat``)."""
         cached = self._token_cache.get(path)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
-        return cached is not None and stat.S_ISREG(st.st_mode) \
-            and cached.key == (st.st_size, st.st_mtime_ns, st.st_ino)
+        return cached is not None and cached.key == _file_key(path)
 
     def _others(self, current_session_id: str, max_age_days: float | None, *,
                 verify: bool = True) -> list[CheckpointEntry]:
@@ -848,25 +841,14 @@ class Continuity:
         home_name = node_basename(self.home).lower() if self.home else ""
         return not name or name == home_name or cwd == "/" or cwd == self.home
 
-    def checkpoint_topic_score(
-        self, text: str, entry: CheckpointEntry, cwd: str | None = None,
-        *, prompt_tokens: set[str] | None = None,
-    ) -> tuple[float, str]:
-        return self._topic_score(_PromptFacts.of(text, cwd, self, prompt_tokens), entry, now_ms())
-
     def _topic_score(self, facts: _PromptFacts, entry: CheckpointEntry,
                      now: float, *, trust: bool = False) -> tuple[float, str]:
-        """:meth:`checkpoint_topic_score` with the prompt's share worked out once per search."""
+        """(score, text) of one candidate: :func:`keyword_relevance_score` with the prompt's
+        share (``facts``) worked out once per search, plus the cwd and recency bonuses."""
         got = self._cached_text(entry.path, entry.stat_key, trust=trust)
         if got is None:
             return 0.0, ""
-        tokens = got.tokens
-        if facts.carry_on:
-            score = 1.0
-        elif not facts.tokens or not tokens:
-            score = 0.0
-        else:
-            score = len(facts.tokens & tokens) / len(facts.tokens)
+        score = 1.0 if facts.carry_on else _token_share(facts.tokens, got.tokens)
         if facts.cwd_name is not None and got.names(facts.cwd_name):
             score += CWD_BONUS
         if (now - entry.created_at_ms) / 60_000 < RECENCY_WINDOW_MIN:

@@ -37,7 +37,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from token_optimizer.audit.accumulate import SessionAcc
 
 log = logging.getLogger("token_optimizer")
+
+T = TypeVar("T")
 
 Progress = Callable[[int, int, str], None]
 
@@ -249,24 +251,36 @@ def _read_facts(con: sqlite3.Connection) -> Facts:
     return f
 
 
-def read_cron_jobs(root: Path) -> dict[str, str]:
-    """job_id → job name from ``state/openclaw.sqlite`` (empty when absent)."""
+def _read_state_db(root: Path | None, read: Callable[[sqlite3.Connection], T], empty: T) -> T:
+    """``read`` on a read-only connection to ``<root>/state/openclaw.sqlite``; ``empty``
+    when it is missing or unreadable (one debug line)."""
+    if root is None:
+        return empty
     p = root / STATE_DB
     if not p.is_file():
-        return {}
+        return empty
     try:
         con = connect_ro(p)
-    except sqlite3.Error:
-        return {}
+    except sqlite3.Error as exc:
+        log.debug("cron_jobs unreadable in %s: %s", p, exc)
+        return empty
     try:
+        return read(con)
+    except sqlite3.Error as exc:
+        log.debug("cron_jobs unreadable in %s: %s", p, exc)
+        return empty
+    finally:
+        con.close()
+
+
+def read_cron_jobs(root: Path) -> dict[str, str]:
+    """job_id → job name from ``state/openclaw.sqlite`` (empty when absent)."""
+    def read(con: sqlite3.Connection) -> dict[str, str]:
         if "job_id" not in table_columns(con, "cron_jobs"):
             return {}
         return {str(r[0]): str(r[1]) for r in con.execute("SELECT job_id, name FROM cron_jobs")}
-    except sqlite3.Error as exc:
-        log.debug("cron_jobs unreadable in %s: %s", p, exc)
-        return {}
-    finally:
-        con.close()
+
+    return _read_state_db(root, read, {})
 
 
 def _str_list(v: Any) -> list[str] | None:
@@ -314,23 +328,13 @@ def read_cron_commands(root: Path | None) -> list[CronCommand]:
     Empty when the store, the table or its columns are missing; an unreadable store
     gives one debug line, a job whose ``job_json`` is not an object is skipped.
     """
-    if root is None:
-        return []
-    p = root / STATE_DB
-    if not p.is_file():
-        return []
-    try:
-        con = connect_ro(p)
-    except sqlite3.Error as exc:
-        log.debug("cron_jobs unreadable in %s: %s", p, exc)
-        return []
-    out: list[CronCommand] = []
-    try:
+    def read(con: sqlite3.Connection) -> list[CronCommand]:
         cols = table_columns(con, "cron_jobs")
         if not {"job_id", "name", "enabled", "job_json"} <= cols:
             return []
         agent = "agent_id" if "agent_id" in cols else "NULL"
         order = " ORDER BY sort_order, job_id" if "sort_order" in cols else " ORDER BY job_id"
+        out: list[CronCommand] = []
         for job_id, name, agent_id, raw in con.execute(
                 f"SELECT job_id, name, {agent}, job_json FROM cron_jobs WHERE enabled = 1{order}"):
             try:
@@ -339,12 +343,9 @@ def read_cron_commands(root: Path | None) -> list[CronCommand]:
                 continue
             if isinstance(job, dict):
                 out.extend(_job_commands(str(job_id), str(name), str(agent_id or ""), job))
-    except sqlite3.Error as exc:
-        log.debug("cron_jobs unreadable in %s: %s", p, exc)
-        return []
-    finally:
-        con.close()
-    return out
+        return out
+
+    return _read_state_db(root, read, [])
 
 
 # ---------------------------------------------------------------- one agent store
@@ -611,18 +612,7 @@ def _events_part(todo: dict[str, int]) -> tuple[dict[str, Any], int]:
 
 def _event_workers(n_events: int) -> int:
     """Processes for a full pass over ``n_events`` new events (1: in-process)."""
-    from token_optimizer import settings
-
-    chosen = settings.env_value(settings.AUDIT_WORKERS)  # a bad value warns once
-    if isinstance(chosen, int):
-        return chosen
-    if n_events < POOL_MIN_EVENTS or not sys.platform.startswith("linux"):
-        return 1
-    import threading
-
-    if threading.active_count() > 1:
-        return 1  # never fork a threaded process (a lock held elsewhere stays held)
-    return max(1, min(os.cpu_count() or 1, 8))
+    return _pool_workers(n_events >= POOL_MIN_EVENTS)
 
 
 # ---------------------------------------------------------------- legacy files
@@ -706,12 +696,19 @@ def _pool_batch(batch: list[TranscriptFile]) -> list[FileRecord | None]:
 
 
 def _workers(n_files: int, n_bytes: int) -> int:
+    return _pool_workers(n_files >= POOL_MIN_FILES and n_bytes >= POOL_MIN_BYTES)
+
+
+def _pool_workers(large: bool) -> int:
+    """Forked workers for a cold read (1: in-process): ``TOKEN_OPTIMIZER_AUDIT_WORKERS``
+    when set, else the cores (up to 8) for a ``large`` read on Linux in a process with
+    no other thread."""
     from token_optimizer import settings
 
     chosen = settings.env_value(settings.AUDIT_WORKERS)  # a bad value warns once
     if isinstance(chosen, int):
         return chosen
-    if n_files < POOL_MIN_FILES or n_bytes < POOL_MIN_BYTES or not sys.platform.startswith("linux"):
+    if not large or not sys.platform.startswith("linux"):
         return 1  # fork is the cheap start; elsewhere a pool costs more than it saves here
     import threading
 

@@ -9,8 +9,8 @@ a fingerprint of everything the rows are made from:
 
 * every store's ``stat`` stamp: each OpenClaw agent database and the state
   database (cron job names), each legacy transcript file's name, size and
-  mtime, and each Hermes ``state.db`` (size, mtime and inode of the file and of
-  its ``-wal``, the same stamps the readers trust to skip a store);
+  mtime, and each Hermes ``state.db`` (the stamp the readers trust to skip a
+  store, :func:`~token_optimizer.audit.sqlite_ro.store_stamp`, plus the inode);
 * the price inputs (:meth:`Pricer.fingerprint`), the package version and this
   format, and the ``--agent``/``--profile`` filters.
 
@@ -43,6 +43,7 @@ import orjson
 from token_optimizer.audit import hermes, openclaw
 from token_optimizer.audit.cache import AuditCache
 from token_optimizer.audit.money import Pricer
+from token_optimizer.audit.sqlite_ro import store_stamp
 
 FORMAT = 1
 MAX_SLOTS = 4
@@ -55,19 +56,9 @@ _SEP = b",\n  "
 
 
 def _stamp(path: str | os.PathLike[str]) -> list[int]:
-    """(size, mtime_ns, inode) of a file and (size, mtime_ns) of its ``-wal``; zeros when absent."""
-    out = [0, 0, 0, 0, 0]
-    try:
-        st = os.stat(path)
-        out[:3] = [st.st_size, st.st_mtime_ns, st.st_ino]
-    except OSError:
-        pass
-    try:
-        wst = os.stat(os.fspath(path) + "-wal")
-        out[3:] = [wst.st_size, wst.st_mtime_ns]
-    except OSError:
-        pass
-    return out
+    """The readers' own stamp of a store (:func:`~token_optimizer.audit.sqlite_ro.store_stamp`)
+    plus its inode; empty when it is absent."""
+    return list(store_stamp(path, inode=True) or ())
 
 
 def _listing(d: str) -> list[Any]:

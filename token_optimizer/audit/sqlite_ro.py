@@ -17,7 +17,7 @@ import sqlite3
 
 from token_optimizer.sqlite_util import ro_uri
 
-Stamp = tuple[int, int, int, int]
+Stamp = tuple[int, ...]
 
 
 def connect_ro(path: str | os.PathLike[str], *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:
@@ -42,11 +42,12 @@ def table_columns(con: sqlite3.Connection, table: str) -> set[str]:
     return {str(r[1]) for r in rows}
 
 
-def store_stamp(path: str | os.PathLike[str]) -> Stamp | None:
+def store_stamp(path: str | os.PathLike[str], *, inode: bool = False) -> Stamp | None:
     """(size, mtime_ns) of the db file and of its ``-wal``: unchanged means nothing new.
 
     Any commit changes the WAL (or, after a checkpoint, the db file), so equal
-    stamps let a warm re-scan skip opening the store at all.
+    stamps let a warm re-scan skip opening the store at all. ``inode`` adds the db
+    file's inode (a store replaced by another file of the same size and mtime).
     """
     try:
         st = os.stat(path)
@@ -58,6 +59,8 @@ def store_stamp(path: str | os.PathLike[str]) -> Stamp | None:
         wal = (wst.st_size, wst.st_mtime_ns) if wst.st_size > 0 else (0, 0)
     except OSError:
         wal = (0, 0)
+    if inode:
+        return (st.st_size, st.st_mtime_ns, wal[0], wal[1], st.st_ino)
     return (st.st_size, st.st_mtime_ns, wal[0], wal[1])
 
 
