@@ -497,6 +497,7 @@ def test_clear_cache_clears_across_agent_prefixes(rc: ReadCache, paths: StatePat
     rc.before_read("a.txt", None, None, "unknown", "abc")
     rc.before_read("a.txt", None, None, "main", "abc")
     rc.record_hint_serve("abc", ["/some/where.py"])
+    rc.flush()  # the sidecar is written behind the call
     rc.before_read("a.txt", None, None, "main", "x-abc")  # another session whose id ends in -abc
     fresh = ReadCache(paths, cwd=lambda: str(proj))  # a restart: nothing remembered in memory
     fresh.clear_cache("default", "abc")
@@ -596,6 +597,7 @@ def test_hint_follow_through_credits_once(rc: ReadCache, paths: StatePaths, proj
                                           clock: list[int]) -> None:
     f = _write(proj / "a.txt", "x")
     rc.record_hint_serve("s:1", ["  " + str(f) + "  ", "", "rel/b.txt"])
+    rc.flush()
     sidecar = paths.read_cache / "hint-serves-s1.json"
     assert sidecar.read_bytes() == (
         '{"' + str(f) + '":{"filePath":"' + str(f) + '","servedAt":1795255719.279,"credited":false},'
@@ -628,6 +630,7 @@ def test_hint_expires_and_reserve_keeps_original_time(rc: ReadCache, paths: Stat
     rc.record_hint_serve("s1", [str(f)])
     clock[0] += 10_000_000
     rc.record_hint_serve("s1", [str(f)])  # must not refresh the window
+    rc.flush()
     assert json.loads((paths.read_cache / "hint-serves-s1.json").read_text())[str(f)]["servedAt"] == NOW_S
     clock[0] += 4_400_001  # 14 400.001 s after the first serve
     assert rc.claim_hint_follow("s1", str(f)) is False
@@ -638,8 +641,10 @@ def test_hint_expires_and_reserve_keeps_original_time(rc: ReadCache, paths: Stat
 def test_record_hint_serve_caps_and_noops(rc: ReadCache, paths: StatePaths) -> None:
     rc.record_hint_serve("", ["/a"])
     rc.record_hint_serve("s1", [])
+    rc.flush()
     assert not (paths.read_cache / "hint-serves-s1.json").exists()
     rc.record_hint_serve("s1", [f"/p/{i}" for i in range(30)])
+    rc.flush()
     assert len(json.loads((paths.read_cache / "hint-serves-s1.json").read_text())) == 25
     (paths.read_cache / "hint-serves-s2.json").write_text("{corrupt")
     assert rc.claim_hint_follow("s2", "/p/1") is False

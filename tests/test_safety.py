@@ -145,6 +145,7 @@ def test_planted_symlink_at_any_level_gives_no_access_outside(paths: StatePaths,
             handle(rt, "after_tool_call", {"toolName": "Write", "params": {"file_path": str(src)}}, c)
             handle(rt, "before_tool_call", {"toolName": "Task", "params": {}}, c)
             rt.read_cache.record_hint_serve(sid, [str(src)])
+            rt.read_cache.flush()  # written now, while read-cache/ is still planted
             handle(rt, "before_compaction", {"messageCount": 3}, c)
             handle(rt, "after_compaction", {"messageCount": 3, "compactedCount": 1}, c)
             handle(rt, "session_end", {}, c)
@@ -614,6 +615,7 @@ def test_decisions_log_and_hint_sidecar_have_a_size_cap(paths: StatePaths, tmp_p
     assert rows[-1]["reason"] == "first_read"  # the newest row survives the trim
     for i in range(0, HINT_SERVES_MAX_ENTRIES + 100, 25):
         rc.record_hint_serve("big", [f"/p/{i + j}" for j in range(25)])
+    rc.flush()
     serves = json.loads((paths.read_cache / "hint-serves-big.json").read_text())
     assert len(serves) == HINT_SERVES_MAX_ENTRIES
     assert "/p/0" not in serves and f"/p/{HINT_SERVES_MAX_ENTRIES + 99}" in serves

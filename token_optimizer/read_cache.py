@@ -62,6 +62,7 @@ from token_optimizer.fsutil import (
 from token_optimizer.jsutil import dumps_compact, js_number, js_trim, loads, now_ms
 from token_optimizer.telemetry import ESTIMATED, MEASURED, Telemetry, js_truthy
 from token_optimizer.token_estimate import estimate_tokens_from_bytes
+from token_optimizer.write_behind import WriteBehind
 
 log = logging.getLogger("token_optimizer.read_cache")
 
@@ -228,6 +229,9 @@ class ReadCache:
         self._cwd = cwd
         self.telemetry = telemetry if telemetry is not None else Telemetry(paths)
         self._lock = threading.RLock()
+        self._hint_writes: WriteBehind[tuple[str, list[str], float]] = WriteBehind(
+            "hint-writer", self._apply_hint_serves, self._lock)
+        """Hint serves handed off by the first turn (applied before any hint read)."""
         self._ignore: LRUCache[tuple[tuple[str, int, int] | None, ...], list[re.Pattern[str]]] = \
             LRUCache(maxsize=CONTEXTIGNORE_CACHE_ENTRIES)
         self._ignore_lock = threading.Lock()
@@ -762,17 +766,31 @@ class ReadCache:
             log.debug("[token-optimizer] hint sidecar not saved: %s", exc)
 
     def record_hint_serve(self, session_id: str, paths: list[str]) -> None:
-        """Remember paths a hint surfaced (first 25; existing entries untouched). Never raises."""
+        """Remember paths a hint surfaced (first 25; existing entries untouched). Never raises.
+
+        The sidecar is written right after the hook returns, on this cache's writer
+        thread; :meth:`claim_hint_follow` makes any write still queued first.
+        """
         if not session_id or not paths:
             return
+        try:
+            self._hint_writes.submit((session_id, list(paths)[:HINT_SERVE_MAX_PATHS],
+                                      now_ms() / 1000))
+        except Exception as exc:
+            log.debug("[token-optimizer] hint serve not recorded: %s", exc)
+
+    def _apply_hint_serves(self, items: list[tuple[str, list[str], float]]) -> None:
+        for session_id, paths, now_s in items:
+            self._write_hint_serve(session_id, paths, now_s)
+
+    def _write_hint_serve(self, session_id: str, paths: list[str], now_s: float) -> None:
         try:
             # one checked open of read-cache/ for the read and the write (a new session's
             # first hint always writes)
             with self._lock, self._dir(create=True) as d:
                 serves = self._load_hints(d, session_id)
-                now_s = now_ms() / 1000
                 changed = False
-                for raw in list(paths)[:HINT_SERVE_MAX_PATHS]:
+                for raw in paths:
                     if not isinstance(raw, str):
                         continue
                     fp = js_trim(raw)
@@ -791,6 +809,7 @@ class ReadCache:
             return False
         try:
             with self._lock:
+                self._hint_writes.drain()
                 try:
                     d = self._dir()
                 except OSError:
@@ -823,6 +842,14 @@ class ReadCache:
         return removed
 
     # ------------------------------------------------------------ memory
+
+    def flush(self) -> None:
+        """Write the hint serves still queued (gateway stop)."""
+        self._hint_writes.drain()
+
+    def close(self) -> None:
+        """Shutdown: write the hint serves still queued."""
+        self._hint_writes.close()
 
     def release(self, session_id: str) -> None:
         """Session ended: drop its in-memory state (delta contents, remembered agents)."""

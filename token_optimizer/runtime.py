@@ -448,6 +448,7 @@ class TokenOptimizer:
     def gateway_stop(self) -> HookOutcome:
         def body() -> None:
             self.index.flush()
+            self.read_cache.flush()
         return self._run("gateway_stop", body)
 
     def session_start(self, ident: Identity) -> HookOutcome:
@@ -507,8 +508,8 @@ class TokenOptimizer:
             return None
         self.ledger.on_prompt(sid, prompt)
         key = ident.session_key or sid
-        self.index.touch(key, sid, agent=ident.agent_id, platform=ident.platform,
-                         real_message=True)
+        # written right after the hook (the turn's reply does not depend on it)
+        self.index.touch_later(key, sid, agent=ident.agent_id, platform=ident.platform)
         contributions: list[str] = []
 
         pending = self.pending_restores.get(key)
@@ -955,6 +956,8 @@ class TokenOptimizer:
             self.index.close()
         with contextlib.suppress(Exception):
             self.continuity.index.close()
+        with contextlib.suppress(Exception):
+            self.read_cache.close()
 
 
 def restore_injection(store: CheckpointStore, session_id: str, *, prefer: str | None = None,

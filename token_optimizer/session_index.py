@@ -73,6 +73,7 @@ from token_optimizer.fsutil import (
 )
 from token_optimizer.jsutil import iso_from_ms, parse_iso_ms
 from token_optimizer.sqlite_util import encodable, immediate_tx, is_busy, open_wal
+from token_optimizer.write_behind import WriteBehind
 
 log = logging.getLogger("token_optimizer")
 
@@ -109,6 +110,8 @@ _KNOWN_FIELDS = frozenset(
 KeyCallback = Callable[[str], bool]
 _T = TypeVar("_T")
 _Transient = tuple[set[str], set[str], int]
+_Touch = tuple[str, str, "str | None", "str | None", float]
+"""A handed-off real-message touch: key, session id, platform, agent, when."""
 
 
 def _parse_ts(value: object) -> float:
@@ -481,6 +484,10 @@ class SessionIndex:
         """Committed write transactions of this instance (for tests and the benchmark)."""
         self.rejected = 0
         """Keys or ids refused because they cannot be stored (e.g. lone surrogates)."""
+        self._writes: WriteBehind[_Touch] = WriteBehind("session-index-writer",
+                                                         self._apply_touches, self._lock)
+        """Real-message touches handed off by :meth:`touch_later` (applied in order, and
+        before any read or write of this instance)."""
 
     # ------------------------------------------------------------ storage
 
@@ -605,6 +612,7 @@ class SessionIndex:
         A corrupt file is moved aside once and the call retried on a new index.
         """
         with self._lock:
+            self._writes.drain()  # read your own handed-off writes (no-op inside one)
             for attempt in (1, 2):
                 try:
                     conn = self._db(create)
@@ -664,6 +672,40 @@ class SessionIndex:
         every other entry is unaffected. Cost: one small SQLite transaction
         (no ``fsync``: WAL with ``synchronous=NORMAL``), O(log n).
         """
+        got = self._checked(session_key, session_id, platform, agent)
+        if got is None:
+            return None
+        try:
+            with self._lock:
+                self._writes.drain()
+                return self._touch_locked(*got, real_message, self._clock())
+        except Exception as e:  # never raise into a host
+            log.warning("[token-optimizer] session index touch failed: %s", e)
+            return None
+
+    def touch_later(
+        self, session_key: str, session_id: str, *, platform: str | None = None,
+        agent: str | None = None,
+    ) -> None:
+        """:meth:`touch` for a real user message, made right after the hook returns.
+
+        The entry is written on this instance's writer thread (or by the next
+        read or write of this instance, whichever comes first), stamped with the
+        time of this call. The hook itself does no I/O. Refused keys and ids are
+        refused here, as :meth:`touch` does.
+        """
+        got = self._checked(session_key, session_id, platform, agent)
+        if got is None:
+            return
+        try:
+            self._writes.submit((*got, self._clock()))
+        except Exception as e:  # never raise into a host
+            log.warning("[token-optimizer] session index touch failed: %s", e)
+
+    def _checked(
+        self, session_key: object, session_id: object, platform: object, agent: object,
+    ) -> tuple[str, str, str | None, str | None] | None:
+        """The key, id and labels as stored, or ``None`` (logged) when they cannot be."""
         if not isinstance(session_key, str) or not session_key or session_key.startswith("_"):
             log.debug("[token-optimizer] session index: ignoring session key %r", session_key)
             return None
@@ -671,24 +713,26 @@ class SessionIndex:
             log.debug("[token-optimizer] session index: ignoring session id %r for %r",
                       session_id, session_key)
             return None
-        platform = platform if isinstance(platform, str) and platform else None
-        agent = agent if isinstance(agent, str) and agent else None
-        if not encodable(session_key, session_id, platform, agent):
+        plat = platform if isinstance(platform, str) and platform else None
+        ag = agent if isinstance(agent, str) and agent else None
+        if not encodable(session_key, session_id, plat, ag):
             self.rejected += 1
             self._warn_once("encode", "session index: refusing a session key or id that is not "
                             "valid Unicode (%r)", session_key)
             return None
-        try:
-            with self._lock:
-                return self._touch_locked(session_key, session_id, platform, agent, real_message)
-        except Exception as e:  # never raise into a host
-            log.warning("[token-optimizer] session index touch failed: %s", e)
-            return None
+        return session_key, session_id, plat, ag
+
+    def _apply_touches(self, items: list[_Touch]) -> None:
+        for key, sid, platform, agent, at in items:
+            try:
+                self._touch_locked(key, sid, platform, agent, True, at)
+            except Exception as e:
+                log.warning("[token-optimizer] session index touch failed: %s", e)
 
     def _touch_locked(
-        self, key: str, sid: str, platform: str | None, agent: str | None, real: bool
+        self, key: str, sid: str, platform: str | None, agent: str | None, real: bool,
+        now: float,
     ) -> str | None:
-        now = self._clock()
         pending = self._pending.get(key)
         if not real:
             row = self._run("lookup", lambda c: self._row(c, key), None, create=False)
@@ -754,6 +798,7 @@ class SessionIndex:
         """Mark an entry suspended (never pruned) or resumed."""
         try:
             with self._lock:
+                self._writes.drain()
                 flag = bool(suspended)
                 pending = self._pending.get(session_key)
                 if pending is not None:
@@ -778,6 +823,7 @@ class SessionIndex:
     def end_session(self, session_key: str | None = None) -> None:
         """Session end: drop the key's transient mark (the entry itself is already on disk)."""
         with self._lock:
+            self._writes.drain()
             if session_key is not None:
                 self._pending.pop(session_key)
             self.flush()
@@ -787,6 +833,7 @@ class SessionIndex:
     def get(self, session_key: str) -> dict[str, Any] | None:
         """The entry for ``session_key`` (with ``persisted`` = whether it is on the index), or ``None``."""
         with self._lock:
+            self._writes.drain()
             pending = self._pending.get(session_key)
             if pending is not None:
                 return pending.public(session_key, persisted=False)
@@ -837,6 +884,7 @@ class SessionIndex:
 
     def pending_count(self) -> int:
         """Sessions held only as transient (never written) marks: handshakes, probes, resets."""
+        self._writes.drain()
         return len(self._pending)
 
     # ------------------------------------------------------------ flushing
@@ -848,7 +896,8 @@ class SessionIndex:
         self._run("flush", checkpoint, None, create=False)
 
     def close(self) -> None:
-        """Shutdown: fold the WAL back and close the connection."""
+        """Shutdown: make the handed-off writes, fold the WAL back and close the connection."""
+        self._writes.close()
         with self._lock:
             self.flush()
             if self._conn is not None:
