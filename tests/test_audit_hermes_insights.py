@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_hermes_realhost import REQUIRE, HostUnavailable, hermes_venv
+
 from bench.bench_audit import gen_hermes
-from bench.bench_hermes_insights import DEFAULT_PY, insights_totals, our_totals
+from bench.bench_hermes_insights import insights_totals, our_totals
 
 pytestmark = pytest.mark.realhost
 
 
-@pytest.mark.skipif(not DEFAULT_PY.exists(), reason="Hermes venv not installed")
 def test_token_totals_match_hermes_insights(tmp_path: Path) -> None:
     home = tmp_path / "hermes"
     gen_hermes(home, 300)
-    theirs = insights_totals(home, DEFAULT_PY)
+    try:
+        # installed into the cache on first use, like the other real-host tests
+        with hermes_venv() as py:
+            theirs = insights_totals(home, py)
+    except HostUnavailable as exc:
+        if REQUIRE:
+            pytest.fail(f"real Hermes host required but unavailable: {exc}")
+        pytest.skip(str(exc))
     assert theirs["total_sessions"] == 300
     assert our_totals(home, tmp_path / "state") == theirs

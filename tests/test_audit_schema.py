@@ -1,6 +1,8 @@
-"""The copied host DDL under tests/audit_schema matches the installed hosts (when cached).
+"""The copied host DDL under tests/audit_schema matches the installed hosts.
 
-Reads the hosts' files only (no host is run); skipped without the real-host cache.
+Reads the hosts' files only (no host is run). The hosts are installed into the real-host
+cache on first use, like the other real-host tests: these skip only when that cannot be
+done, and fail then with TOKEN_OPTIMIZER_REQUIRE_HOSTS=1.
 Also pins that the audit never sits on the hook/runtime import path.
 """
 
@@ -11,11 +13,22 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-CACHE = Path.home() / ".cache" / "token-optimizer-tests"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "realhost"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oc_host import ensure_openclaw
+from test_hermes_realhost import REQUIRE, hermes_venv
+
 SCHEMA = Path(__file__).parent / "audit_schema"
+
+
+def _host_or_skip(what: str, exc: BaseException) -> NoReturn:
+    if REQUIRE:
+        pytest.fail(f"real {what} host required but unavailable: {exc}")
+    pytest.skip(f"{what} unavailable: {exc}")
 
 
 def _tables(sql: str) -> dict[str, str]:
@@ -24,10 +37,12 @@ def _tables(sql: str) -> dict[str, str]:
 
 
 def test_openclaw_ddl_matches_installed_host() -> None:
-    dist = CACHE / "openclaw" / "node_modules" / "openclaw" / "dist"
-    files = sorted(dist.glob("openclaw-agent-board-schema-*.mjs")) if dist.is_dir() else []
-    if not files:
-        pytest.skip("real-host cache not installed")
+    try:
+        dist = ensure_openclaw().openclaw_mjs.parent / "dist"
+    except Exception as exc:
+        _host_or_skip("OpenClaw", exc)
+    files = sorted(dist.glob("openclaw-agent-board-schema-*.mjs"))
+    assert files, f"no agent schema module in {dist}"
     src = files[0].read_text()
     m = re.search(r'const OPENCLAW_AGENT_SCHEMA_SQL = (".*?");\n', src, re.S)
     assert m is not None
@@ -38,9 +53,13 @@ def test_openclaw_ddl_matches_installed_host() -> None:
 
 
 def test_hermes_ddl_matches_installed_host() -> None:
-    hits = sorted((CACHE / "hermes-venv").glob("lib/python3*/site-packages/hermes_state.py"))
-    if not hits:
-        pytest.skip("real-host cache not installed")
+    try:
+        with hermes_venv() as py:
+            venv = py.parent.parent
+    except Exception as exc:
+        _host_or_skip("Hermes", exc)
+    hits = sorted(venv.glob("lib/python3*/site-packages/hermes_state.py"))
+    assert hits, f"no hermes_state.py in {venv}"
     m = re.search(r'SCHEMA_SQL = """(.*?)"""', hits[0].read_text(), re.S)
     assert m is not None
     host = {name: ddl for ddl, name in re.findall(r"(CREATE TABLE IF NOT EXISTS (\w+) \(.*?\n\);)",
