@@ -17,9 +17,8 @@ from typing import NoReturn
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "realhost"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from oc_host import ensure_openclaw
+from realhost.oc_host import ensure_openclaw
 from test_hermes_realhost import REQUIRE, hermes_venv
 
 SCHEMA = Path(__file__).parent / "audit_schema"

