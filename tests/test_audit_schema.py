@@ -18,10 +18,11 @@ from typing import NoReturn
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realhost.oc_host import ensure_openclaw
+from realhost.oc_host import cache_dir, ensure_openclaw
 from test_hermes_realhost import REQUIRE, hermes_venv
 
 SCHEMA = Path(__file__).parent / "audit_schema"
+OC_CACHE = cache_dir()  # resolved at import: the per-test fixtures redirect HOME afterwards
 
 
 def _host_or_skip(what: str, exc: BaseException) -> NoReturn:
@@ -37,7 +38,7 @@ def _tables(sql: str) -> dict[str, str]:
 
 def test_openclaw_ddl_matches_installed_host() -> None:
     try:
-        dist = ensure_openclaw().openclaw_mjs.parent / "dist"
+        dist = ensure_openclaw(OC_CACHE).openclaw_mjs.parent / "dist"
     except Exception as exc:
         _host_or_skip("OpenClaw", exc)
     files = sorted(dist.glob("openclaw-agent-board-schema-*.mjs"))

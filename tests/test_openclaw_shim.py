@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from realhost.oc_host import ensure_openclaw
+from realhost.oc_host import cache_dir, ensure_openclaw
 from realhost.procs import pid_alive, wait_for
 
 from token_optimizer.hooks import OPENCLAW_HOOKS
@@ -27,6 +27,7 @@ ENTRY = ROOT / "dist" / "index.js"
 DRIVER = ROOT / "tests" / "realhost" / "openclaw_shim_driver.mjs"
 
 EXPECTED_HOOKS = list(OPENCLAW_HOOKS)
+OC_CACHE = cache_dir()  # resolved at import: the per-test fixtures redirect HOME afterwards
 
 
 def _node() -> str:
@@ -35,7 +36,7 @@ def _node() -> str:
         return node
     # no node on PATH: the real-host cache's Node 24 (installed on first use)
     try:
-        return str(ensure_openclaw().node)
+        return str(ensure_openclaw(OC_CACHE).node)
     except Exception as exc:
         if os.environ.get("TOKEN_OPTIMIZER_REQUIRE_HOSTS") == "1":
             pytest.fail(f"no node binary for the shim driver: {exc}")

@@ -146,6 +146,30 @@ def test_idle_thread_ends_and_close_applies_the_rest(monkeypatch: pytest.MonkeyP
     assert seen == [1, 2, 3, 4]
 
 
+def test_the_worker_writes_in_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_behind, "MAX_DELAY_S", 30.0)
+    lock = threading.RLock()
+    seen: list[int] = []
+    wb: WriteBehind[int] = WriteBehind("t", seen.extend, lock)
+    with write_behind.hook_running():  # a hook is running: the worker waits
+        wb.submit(1)
+        time.sleep(0.2)
+        assert seen == []
+    assert _wait(lambda: seen == [1], 5)  # written once the hooks are quiet
+    wb.close()
+
+
+def test_busy_hooks_delay_a_write_at_most_max_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_behind, "MAX_DELAY_S", 0.1)
+    lock = threading.RLock()
+    seen: list[int] = []
+    wb: WriteBehind[int] = WriteBehind("t", seen.extend, lock)
+    with write_behind.hook_running():  # never quiet
+        wb.submit(1)
+        assert _wait(lambda: seen == [1], 5)
+    wb.close()
+
+
 # ---------------------------------------------------------------- the session index
 
 

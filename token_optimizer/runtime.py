@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from token_optimizer import bounded
+from token_optimizer import bounded, write_behind
 from token_optimizer.bounded import BoundedMap, BoundedSet
 from token_optimizer.checkpoints import CheckpointStore, list_checkpoints
 from token_optimizer.config import Config
@@ -232,7 +232,7 @@ class TokenOptimizer:
 
     def _run(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> HookOutcome:
         """Run one hook body: collect actions, never raise."""
-        with self._collect() as col:
+        with write_behind.hook_running(), self._collect() as col:
             try:
                 result = fn()
             except Exception as exc:  # the host must never see an exception

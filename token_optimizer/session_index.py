@@ -601,6 +601,18 @@ class SessionIndex:
 
     @contextlib.contextmanager
     def _tx(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        if conn.in_transaction:
+            # one item of a batch (:meth:`_apply_touches`): a failure undoes this item only
+            conn.execute("SAVEPOINT item")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO item")
+                    conn.execute("RELEASE item")
+                raise
+            conn.execute("RELEASE item")
+            return
         with immediate_tx(conn):
             yield conn
         self.write_count += 1
@@ -723,11 +735,22 @@ class SessionIndex:
         return session_key, session_id, plat, ag
 
     def _apply_touches(self, items: list[_Touch]) -> None:
-        for key, sid, platform, agent, at in items:
-            try:
-                self._touch_locked(key, sid, platform, agent, True, at)
-            except Exception as e:
-                log.warning("[token-optimizer] session index touch failed: %s", e)
+        """The handed-off touches, in order, in one transaction (each item its own savepoint);
+        one by one when the batch cannot commit."""
+        def each() -> None:
+            for key, sid, platform, agent, at in items:
+                try:
+                    self._touch_locked(key, sid, platform, agent, True, at)
+                except Exception as e:
+                    log.warning("[token-optimizer] session index touch failed: %s", e)
+
+        def batch(conn: sqlite3.Connection) -> bool:
+            with self._tx(conn):
+                each()
+            return True
+
+        if len(items) == 1 or not self._run("touch", batch, False, create=True):
+            each()
 
     def _touch_locked(
         self, key: str, sid: str, platform: str | None, agent: str | None, real: bool,

@@ -14,6 +14,9 @@ Rules:
   what is still queued in the caller's thread. Inside the process nothing ever
   sees the store without an item that was submitted before the read.
 * **Order.** Items are applied once each, in the order they were submitted.
+* **Out of the way.** The worker writes in a quiet moment: when no hook has run in the
+  process for :data:`QUIET_S` (the runtime marks its hooks with :func:`hook_running`), or
+  at the latest :data:`MAX_DELAY_S` after it was woken.
 * **Bounded.** At most ``max_pending`` items wait; the submit that would go past
   it applies the queue itself (the hook then pays for the write, as it would
   without this module).
@@ -29,10 +32,12 @@ Rules:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 log = logging.getLogger("token_optimizer")
@@ -41,6 +46,35 @@ T = TypeVar("T")
 
 DEFAULT_MAX_PENDING = 256
 IDLE_EXIT_S = 5.0
+QUIET_S = 0.02
+"""The worker writes once no hook has run in the process for this long, so its writes go
+together in the gaps between hooks and never compete with a hook for the interpreter."""
+MAX_DELAY_S = 1.0
+"""... or once its oldest item has waited this long, however busy the hooks are."""
+
+_activity = threading.Lock()
+_active_hooks = 0
+_last_hook_end = 0.0  # time.monotonic()
+
+
+@contextlib.contextmanager
+def hook_running() -> Iterator[None]:
+    """Mark a host hook as running in this process (the workers wait for a quiet moment)."""
+    global _active_hooks, _last_hook_end
+    with _activity:
+        _active_hooks += 1
+    try:
+        yield
+    finally:
+        with _activity:
+            _active_hooks -= 1
+            _last_hook_end = time.monotonic()
+
+
+def _quiet_for(now: float) -> float:
+    """Seconds since the last hook ended; 0 while one runs."""
+    with _activity:
+        return 0.0 if _active_hooks else now - _last_hook_end
 """A worker with nothing to do for this long ends (no thread is left per idle store)."""
 
 _open: weakref.WeakSet[WriteBehind[object]] = weakref.WeakSet()
@@ -121,9 +155,19 @@ class WriteBehind(Generic[T]):
                         self._thread = None
                         return
             self._wake.clear()
+            self._wait_for_quiet()
             self.drain()
             if self._closed:
                 return
+
+    def _wait_for_quiet(self) -> None:
+        start = time.monotonic()
+        while not self._closed:
+            now = time.monotonic()
+            quiet = _quiet_for(now)
+            if quiet >= QUIET_S or now - start >= MAX_DELAY_S:
+                return
+            time.sleep(max(QUIET_S - quiet, 0.002))
 
     def close(self, timeout: float = 10.0) -> None:
         """Apply what is queued and end the thread (a later submit applies at once)."""
