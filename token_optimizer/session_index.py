@@ -18,9 +18,17 @@ Rules this module keeps (spec: session-bounds.md §3-§5):
   never lose each other's updates, and a prune from the command line sticks.
   A prune re-checks each entry inside its delete (a lane refreshed, rotated or
   suspended meanwhile by another process is kept).
-* **Durability.** WAL with ``synchronous=NORMAL``: a killed process loses
-  nothing; a power cut may lose the last moments of changes (the orphan sweep
-  below still bounds their files). No ``fsync`` on the message path.
+* **Durability.** WAL with ``synchronous=NORMAL``: a committed change survives
+  a killed process; a power cut may lose the last moments of changes (the orphan
+  sweep below still bounds their files). No ``fsync`` on the message path.
+* **Off the hook's path.** A real user message's touch can be handed off
+  (:meth:`SessionIndex.touch_later`, what the runtime does): it is written in the
+  next quiet moment, at most about a second later, by this instance's writer
+  thread (:mod:`token_optimizer.write_behind`), in one transaction with any others
+  queued. Every other call of this instance first writes what is queued, so the
+  process always reads its own touches; other processes see them once written.
+  A ``kill -9`` in that second loses those touches (the session's next message
+  writes its entry again; its files are bounded by the orphan sweep meanwhile).
 * **Safe file.** The database (and its ``-wal``/``-shm``) must be regular files;
   a symlink planted there is refused and the index is kept in memory for the
   process (one warning). A corrupt database is kept as ``.corrupt`` and a new
