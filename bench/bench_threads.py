@@ -8,7 +8,8 @@ continuity search over every earlier checkpoint, then a snapshot evaluation
 that captures the fill-band checkpoint), and a file write. Sessions never end.
 Afterwards it checks that every per-session collection is within its cap and
 that every checkpoint in a manifest has its decision in the session's
-``policy-state.json`` (read back by a fresh policy, as a new process would).
+``policy-state.json`` (read back by a fresh policy, as a new process would), and
+that every session's index entry (written behind the hook) is on disk after close.
 
 Issue 11, item 8: before the checkpoint index, 10 x 1,000 did not finish in 500 s.
 """
@@ -28,6 +29,7 @@ from token_optimizer.events import Identity, ToolAfter, TurnPrepare, Usage
 from token_optimizer.fsutil import resolve_paths
 from token_optimizer.policy import CheckpointPolicy, PolicySettings
 from token_optimizer.runtime import TokenOptimizer
+from token_optimizer.session_index import SessionIndex
 
 
 def drive(rt: TokenOptimizer, tag: str, sessions: int, work: Path, lat: list[float]) -> None:
@@ -90,6 +92,11 @@ def run(threads: int, sessions: int, base: str | None = None) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
         result = check(rt, root)
         rt.close()
+        # the first turns' index entries are written behind the hook: all there after close,
+        # as another process reads them
+        idx = SessionIndex(resolve_paths(root))
+        result["index_missing"] = threads * sessions - len(idx)
+        idx.close()
     flat = sorted(x for row in lat for x in row)
     result.update({
         "threads": threads, "sessions_per_thread": sessions, "elapsed_s": round(elapsed, 1),
@@ -115,9 +122,10 @@ def main() -> int:
               f"{r['elapsed_s']} s; first turn median {r['first_turn_median_ms']} ms, "
               f"p99 {r['first_turn_p99_ms']} ms")
         print(f"checkpoints {r['checkpoints']:,}, decisions missing on disk "
-              f"{r['missing_decisions']}, collections over cap {r['over_cap'] or 'none'}, "
-              f"errors {len(r['errors'])}")
-    ok = not r["over_cap"] and not r["missing_decisions"] and not r["errors"]
+              f"{r['missing_decisions']}, session index entries missing {r['index_missing']}, "
+              f"collections over cap {r['over_cap'] or 'none'}, errors {len(r['errors'])}")
+    ok = (not r["over_cap"] and not r["missing_decisions"] and not r["errors"]
+          and not r["index_missing"])
     return 0 if ok else 1
 
 
