@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_hermes_realhost import REQUIRE, HostUnavailable, hermes_venv
+from test_hermes_realhost import hermes_or_skip
 
 from bench.bench_audit import gen_hermes
 from bench.bench_hermes_insights import insights_totals, our_totals
@@ -19,13 +19,7 @@ pytestmark = pytest.mark.realhost
 def test_token_totals_match_hermes_insights(tmp_path: Path) -> None:
     home = tmp_path / "hermes"
     gen_hermes(home, 300)
-    try:
-        # installed into the cache on first use, like the other real-host tests
-        with hermes_venv() as py:
-            theirs = insights_totals(home, py)
-    except HostUnavailable as exc:
-        if REQUIRE:
-            pytest.fail(f"real Hermes host required but unavailable: {exc}")
-        pytest.skip(str(exc))
+    with hermes_or_skip() as py:  # installed into the cache on first use
+        theirs = insights_totals(home, py)
     assert theirs["total_sessions"] == 300
     assert our_totals(home, tmp_path / "state") == theirs

@@ -126,6 +126,19 @@ def hermes_venv() -> Iterator[Path]:
         yield _vpy()
 
 
+@contextlib.contextmanager
+def hermes_or_skip() -> Iterator[Path]:
+    """:func:`hermes_venv`; a host that cannot be had (here or in the body) skips the test,
+    or fails it with TOKEN_OPTIMIZER_REQUIRE_HOSTS=1."""
+    try:
+        with hermes_venv() as py:
+            yield py
+    except HostUnavailable as exc:
+        if REQUIRE:
+            pytest.fail(f"real Hermes host required but unavailable: {exc}")
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("hermes-realhost")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_hermes_realhost import REQUIRE, HostUnavailable, hermes_venv
+from test_hermes_realhost import hermes_or_skip
 from test_realhost_session_hermes import drive
 from test_realhost_session_openclaw import SID1, SID2, host, host_tmp_cleanup, run_session
 
@@ -95,13 +95,8 @@ def openclaw_scan(host: Any, tmp_path_factory: pytest.TempPathFactory) -> Scanne
 @pytest.fixture(scope="module")
 def hermes_scan(tmp_path_factory: pytest.TempPathFactory) -> Scanned:
     work = tmp_path_factory.mktemp("hermes-audit")
-    try:
-        with hermes_venv() as py:
-            run = drive(py, work)
-    except HostUnavailable as exc:
-        if REQUIRE:
-            pytest.fail(f"real Hermes host required but unavailable: {exc}")
-        pytest.skip(str(exc))
+    with hermes_or_skip() as py:
+        run = drive(py, work)
     assert run.data["errors"] == [], run.diag()
     home = work / "hermes-home"
     res = scan(Roots(None, home), work / "audit-state")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_runtime_features import NO_COOLDOWN, ctx, write_prior_session
@@ -267,3 +269,45 @@ def test_hint_follow_credit_sees_a_serve_still_queued(paths: StatePaths, tmp_pat
     assert rt.read_cache.claim_hint_follow("s1", str(f)) is True
     assert rt.read_cache.claim_hint_follow("s1", str(f)) is False
     rt.close()
+
+
+def test_a_batch_is_one_transaction_and_a_bad_entry_loses_only_itself(
+        paths: StatePaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    idx = SessionIndex(paths)
+    idx.touch("warm", "s0")  # the database exists
+    before = idx.write_count
+    real = idx._insert
+
+    def insert(conn: sqlite3.Connection, key: str, e: Any) -> None:
+        if key == "bad":
+            raise ValueError("cannot store this one")
+        real(conn, key, e)
+
+    monkeypatch.setattr(idx, "_insert", insert)
+    with held(idx._lock):
+        for k in ("a", "bad", "b"):
+            idx.touch_later(k, f"s-{k}")
+    idx._writes.drain()
+    assert idx.write_count == before + 1  # one commit for the three
+    assert idx.is_persisted("a") and idx.is_persisted("b") and not idx.is_persisted("bad")
+    idx.close()
+
+
+def test_a_busy_database_falls_back_to_one_by_one(paths: StatePaths) -> None:
+    idx = SessionIndex(paths, busy_timeout_s=0.05)
+    idx.touch("warm", "s0")
+    other = sqlite3.connect(str(idx.path), isolation_level=None)
+    with held(idx._lock):
+        for k in ("a", "b"):
+            idx.touch_later(k, f"s-{k}")
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        idx._writes.drain()  # batch busy, then each busy: nothing raises
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert idx._writes.pending() == 0
+    idx.touch_later("c", "s-c")
+    idx._writes.drain()
+    assert idx.is_persisted("c")
+    idx.close()

@@ -80,7 +80,7 @@ from token_optimizer.fsutil import (
     read_text_no_follow,
 )
 from token_optimizer.jsutil import iso_from_ms, parse_iso_ms
-from token_optimizer.sqlite_util import encodable, immediate_tx, is_busy, open_wal
+from token_optimizer.sqlite_util import encodable, immediate_tx, is_busy, open_wal, savepoint
 from token_optimizer.write_behind import WriteBehind
 
 log = logging.getLogger("token_optimizer")
@@ -492,6 +492,7 @@ class SessionIndex:
         """Committed write transactions of this instance (for tests and the benchmark)."""
         self.rejected = 0
         """Keys or ids refused because they cannot be stored (e.g. lone surrogates)."""
+        self._in_batch = False
         self._writes: WriteBehind[_Touch] = WriteBehind("session-index-writer",
                                                          self._apply_touches, self._lock)
         """Real-message touches handed off by :meth:`touch_later` (applied in order, and
@@ -611,15 +612,8 @@ class SessionIndex:
     def _tx(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             # one item of a batch (:meth:`_apply_touches`): a failure undoes this item only
-            conn.execute("SAVEPOINT item")
-            try:
+            with savepoint(conn):
                 yield conn
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK TO item")
-                    conn.execute("RELEASE item")
-                raise
-            conn.execute("RELEASE item")
             return
         with immediate_tx(conn):
             yield conn
@@ -640,6 +634,8 @@ class SessionIndex:
                         return default
                     return fn(conn)
                 except sqlite3.DatabaseError as e:
+                    if self._in_batch:
+                        raise  # the batch's own _run rolls it all back and decides
                     if is_busy(e) or attempt == 2:
                         self._warn_once(f"busy:{what}", "session index %s failed: %s", what, e)
                         return default
@@ -749,12 +745,20 @@ class SessionIndex:
             for key, sid, platform, agent, at in items:
                 try:
                     self._touch_locked(key, sid, platform, agent, True, at)
+                except sqlite3.DatabaseError as e:
+                    if self._in_batch:
+                        raise  # the whole batch is retried (or applied one by one)
+                    log.warning("[token-optimizer] session index touch failed: %s", e)
                 except Exception as e:
                     log.warning("[token-optimizer] session index touch failed: %s", e)
 
         def batch(conn: sqlite3.Connection) -> bool:
-            with self._tx(conn):
-                each()
+            self._in_batch = True
+            try:
+                with self._tx(conn):
+                    each()
+            finally:
+                self._in_batch = False
             return True
 
         if len(items) == 1 or not self._run("touch", batch, False, create=True):

@@ -35,17 +35,29 @@ def is_busy(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def immediate_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction taken up front (``BEGIN IMMEDIATE``), so two processes
-    never both read and then fail to upgrade; rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
+def _undone_on_error(conn: sqlite3.Connection, begin: str, end: str,
+                     undo: tuple[str, ...]) -> Iterator[sqlite3.Connection]:
+    conn.execute(begin)
     try:
         yield conn
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
+            for stmt in undo:
+                conn.execute(stmt)
         raise
-    conn.execute("COMMIT")
+    conn.execute(end)
+
+
+def immediate_tx(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    """One write transaction taken up front (``BEGIN IMMEDIATE``), so two processes
+    never both read and then fail to upgrade; rolled back on any error."""
+    return _undone_on_error(conn, "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
+
+
+def savepoint(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    """A part of the open transaction that an error undoes alone (the rest goes on)."""
+    return _undone_on_error(conn, "SAVEPOINT part", "RELEASE part",
+                            ("ROLLBACK TO part", "RELEASE part"))
 
 
 def _create_whole(target: str, schema: str) -> None:
