@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -311,3 +314,43 @@ def test_a_busy_database_falls_back_to_one_by_one(paths: StatePaths) -> None:
     idx._writes.drain()
     assert idx.is_persisted("c")
     idx.close()
+
+
+_CHILD = """
+import sys, time
+from token_optimizer.events import Identity, TurnPrepare
+from token_optimizer.policy import PolicySettings
+from token_optimizer.runtime import TokenOptimizer
+root, tag, n, linger = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+rt = TokenOptimizer(root, settings=PolicySettings.from_env({}), cwd="/srv/p")
+for i in range(n):
+    sid = f"{tag}-{i}"
+    rt.turn_prepare(TurnPrepare(Identity(sid, f"agent:main:{sid}", "main"), "fix the build",
+                                cwd="/srv/p"))
+print("done", flush=True)
+time.sleep(linger)  # alive, never closed: the entries must already be visible
+"""
+
+
+def test_processes_on_one_root_see_and_keep_every_first_turn(paths: StatePaths) -> None:
+    n = 150
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # a process that stays alive: its entries reach disk without a close (quiet moment)
+    live = subprocess.Popen([sys.executable, "-c", _CHILD, str(paths.root), "live", str(n), "30"],
+                            stdout=subprocess.PIPE, env=env)
+    # two that exit normally while hammering the same root: nothing lost at exit
+    quick = [subprocess.Popen([sys.executable, "-c", _CHILD, str(paths.root), f"q{k}", str(n), "0"],
+                              env=env) for k in range(2)]
+    try:
+        assert live.stdout is not None and live.stdout.readline().strip() == b"done"
+        for p in quick:
+            assert p.wait(120) == 0
+        idx = SessionIndex(paths)
+        assert _wait(lambda: sum(idx.is_persisted(f"agent:main:live-{i}") for i in range(n)) == n,
+                     10)
+        assert all(idx.is_persisted(f"agent:main:q{k}-{i}") for k in range(2) for i in range(n))
+        assert len(idx) == 3 * n
+        idx.close()
+    finally:
+        live.kill()
+        live.wait(10)
