@@ -768,8 +768,9 @@ class ReadCache:
     def record_hint_serve(self, session_id: str, paths: list[str]) -> None:
         """Remember paths a hint surfaced (first 25; existing entries untouched). Never raises.
 
-        The sidecar is written right after the hook returns, on this cache's writer
-        thread; :meth:`claim_hint_follow` makes any write still queued first.
+        The sidecar is written after the hook returns, on this cache's writer thread
+        in the next quiet moment; :meth:`claim_hint_follow` makes any write still
+        queued first.
         """
         if not session_id or not paths:
             return

@@ -703,10 +703,11 @@ class SessionIndex:
         self, session_key: str, session_id: str, *, platform: str | None = None,
         agent: str | None = None,
     ) -> None:
-        """:meth:`touch` for a real user message, made right after the hook returns.
+        """:meth:`touch` for a real user message, written after the hook returns.
 
-        The entry is written on this instance's writer thread (or by the next
-        read or write of this instance, whichever comes first), stamped with the
+        The entry is written on this instance's writer thread in the next quiet
+        moment between hooks (at most about a second later), or by the next read
+        or write of this instance, whichever comes first; it is stamped with the
         time of this call. The hook itself does no I/O. Refused keys and ids are
         refused here, as :meth:`touch` does.
         """

@@ -1,11 +1,11 @@
-"""Write-behind: a store's small writes, handed off by a hook and made right after it.
+"""Write-behind: a store's small writes, handed off by a hook and made just after it.
 
 A new session's first turn records two things on disk: the session index entry
 (a SQLite transaction) and the continuity hint's sidecar (a new file and a
 rename). Each is small, but each waits on the file system's journal, and on a
 busy disk that wait is longer than everything else the turn does. Neither
 decides what the turn returns, so the hook queues them here and one daemon
-thread per store makes them a moment later.
+thread per store makes them in the next quiet moment.
 
 Rules:
 
@@ -21,10 +21,11 @@ Rules:
   it applies the queue itself (the hook then pays for the write, as it would
   without this module).
 * **Shutdown.** :meth:`close` applies what is queued and ends the thread; an
-  ``atexit`` handler does the same for every instance still open. What a
-  ``kill -9`` takes away is what was submitted in the last moment before it:
-  in-process state the hook already acted on, never a decision (checkpoint
-  decisions are written through synchronously by the policy store).
+  ``atexit`` handler does the same for every instance still open (SIGTERM
+  reaches it too: the OpenClaw worker turns it into ``SystemExit``). What a
+  ``kill -9`` takes away is what was queued in the second before it:
+  bookkeeping the hook's reply did not depend on, never a checkpoint decision
+  (the policy store writes those through before the capture is reported).
 * A failing ``apply`` is logged and its items dropped; it never kills the thread
   and never raises into the submitting hook.
 """
@@ -46,9 +47,10 @@ T = TypeVar("T")
 
 DEFAULT_MAX_PENDING = 256
 IDLE_EXIT_S = 5.0
+"""A worker with nothing to do for this long ends (no thread is left per idle store)."""
 QUIET_S = 0.02
 """The worker writes once no hook has run in the process for this long, so its writes go
-together in the gaps between hooks and never compete with a hook for the interpreter."""
+together in the gaps between hooks instead of competing with a hook for the interpreter."""
 MAX_DELAY_S = 1.0
 """... or once its oldest item has waited this long, however busy the hooks are."""
 
@@ -75,7 +77,6 @@ def _quiet_for(now: float) -> float:
     """Seconds since the last hook ended; 0 while one runs."""
     with _activity:
         return 0.0 if _active_hooks else now - _last_hook_end
-"""A worker with nothing to do for this long ends (no thread is left per idle store)."""
 
 _open: weakref.WeakSet[WriteBehind[object]] = weakref.WeakSet()
 
@@ -96,7 +97,7 @@ class WriteBehind(Generic[T]):
         self._closed = False
         self._applying = False
         self.applied = 0
-        """Items applied so far (tests, benchmarks)."""
+        """Items handed to ``apply`` so far (tests, benchmarks)."""
         _open.add(self)  # type: ignore[arg-type]
 
     def submit(self, item: T) -> None:
