@@ -13,22 +13,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realhost.oc_host import cache_dir, ensure_openclaw
-from test_hermes_realhost import REQUIRE, hermes_venv
+from realhost.oc_host import HostUnavailable, cache_dir, ensure_openclaw
+from test_hermes_realhost import REQUIRE, hermes_or_skip
 
 SCHEMA = Path(__file__).parent / "audit_schema"
 OC_CACHE = cache_dir()  # resolved at import: the per-test fixtures redirect HOME afterwards
-
-
-def _host_or_skip(what: str, exc: BaseException) -> NoReturn:
-    if REQUIRE:
-        pytest.fail(f"real {what} host required but unavailable: {exc}")
-    pytest.skip(f"{what} unavailable: {exc}")
 
 
 def _tables(sql: str) -> dict[str, str]:
@@ -39,8 +32,10 @@ def _tables(sql: str) -> dict[str, str]:
 def test_openclaw_ddl_matches_installed_host() -> None:
     try:
         dist = ensure_openclaw(OC_CACHE).openclaw_mjs.parent / "dist"
-    except Exception as exc:
-        _host_or_skip("OpenClaw", exc)
+    except (HostUnavailable, OSError, subprocess.SubprocessError) as exc:
+        if REQUIRE:
+            pytest.fail(f"real OpenClaw host required but unavailable: {exc}")
+        pytest.skip(f"OpenClaw unavailable: {exc}")
     files = sorted(dist.glob("openclaw-agent-board-schema-*.mjs"))
     assert files, f"no agent schema module in {dist}"
     src = files[0].read_text()
@@ -53,11 +48,8 @@ def test_openclaw_ddl_matches_installed_host() -> None:
 
 
 def test_hermes_ddl_matches_installed_host() -> None:
-    try:
-        with hermes_venv() as py:
-            venv = py.parent.parent
-    except Exception as exc:
-        _host_or_skip("Hermes", exc)
+    with hermes_or_skip() as py:
+        venv = py.parent.parent
     hits = sorted(venv.glob("lib/python3*/site-packages/hermes_state.py"))
     assert hits, f"no hermes_state.py in {venv}"
     m = re.search(r'SCHEMA_SQL = """(.*?)"""', hits[0].read_text(), re.S)
