@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from realhost.procs import wait_for
 from test_runtime_features import NO_COOLDOWN, ctx, write_prior_session
 
 from token_optimizer import write_behind
@@ -27,12 +28,14 @@ from token_optimizer.write_behind import WriteBehind
 
 
 def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
+    return wait_for(cond, timeout, step=0.005)
+
+
+def _recorder(**kw: Any) -> tuple[WriteBehind[int], list[int], threading.RLock]:
+    """A queue whose apply records the items, with its lock."""
+    lock = threading.RLock()
+    seen: list[int] = []
+    return WriteBehind("t", seen.extend, lock, **kw), seen, lock
 
 
 @contextmanager
@@ -62,9 +65,7 @@ def held(*locks: threading.RLock) -> Iterator[None]:
 
 
 def test_items_applied_once_in_order_by_the_thread() -> None:
-    lock = threading.RLock()
-    seen: list[int] = []
-    wb: WriteBehind[int] = WriteBehind("t", seen.extend, lock)
+    wb, seen, _ = _recorder()
     for i in range(50):
         wb.submit(i)
     assert _wait(lambda: wb.applied == 50)
@@ -92,9 +93,7 @@ def test_drain_applies_in_the_callers_thread_and_is_reentrant() -> None:
 
 
 def test_a_full_queue_makes_the_submitter_write() -> None:
-    lock = threading.RLock()
-    seen: list[int] = []
-    wb: WriteBehind[int] = WriteBehind("t", seen.extend, lock, max_pending=3)
+    wb, seen, lock = _recorder(max_pending=3)
     done = threading.Event()
 
     def submit_five() -> None:
@@ -135,9 +134,7 @@ def test_a_failing_apply_is_logged_and_the_thread_goes_on(caplog: pytest.LogCapt
 
 def test_idle_thread_ends_and_close_applies_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(write_behind, "IDLE_EXIT_S", 0.05)
-    lock = threading.RLock()
-    seen: list[int] = []
-    wb: WriteBehind[int] = WriteBehind("t", seen.extend, lock)
+    wb, seen, lock = _recorder()
     wb.submit(1)
     assert _wait(lambda: seen == [1])
     assert _wait(lambda: wb._thread is None)  # no thread left per idle store
@@ -153,9 +150,7 @@ def test_idle_thread_ends_and_close_applies_the_rest(monkeypatch: pytest.MonkeyP
 
 def test_the_worker_writes_in_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(write_behind, "MAX_DELAY_S", 30.0)
-    lock = threading.RLock()
-    seen: list[int] = []
-    wb: WriteBehind[int] = WriteBehind("t", seen.extend, lock)
+    wb, seen, _ = _recorder()
     with write_behind.hook_running():  # a hook is running: the worker waits
         wb.submit(1)
         time.sleep(0.2)
@@ -166,9 +161,7 @@ def test_the_worker_writes_in_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_busy_hooks_delay_a_write_at_most_max_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(write_behind, "MAX_DELAY_S", 0.1)
-    lock = threading.RLock()
-    seen: list[int] = []
-    wb: WriteBehind[int] = WriteBehind("t", seen.extend, lock)
+    wb, seen, _ = _recorder()
     with write_behind.hook_running():  # never quiet
         wb.submit(1)
         assert _wait(lambda: seen == [1], 5)
